@@ -1,0 +1,9 @@
+"""reap_core — REAP expert pruning for Mixture-of-Experts LLMs, Gemma 4 first. No UI code here.
+
+Flow (one module per stage, data objects between them):
+  model.load_model -> calibration.build_calibration -> observer.observe (ExpertStats)
+  -> saliency.compute_scores -> plan.make_plan (PruningPlan)
+  -> masking.masked_view (chat/eval) | prune.save_pruned (checkpoint)
+"""
+
+__version__ = "0.1.0"

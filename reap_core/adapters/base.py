@@ -1,0 +1,170 @@
+"""The adapter interface: everything REAP needs to know about one MoE model family.
+
+The engine never touches a family's modules directly; it asks the adapter. Most of an adapter
+is data (`MoELayout`: where the decoder layers live, which tensors hold experts and along which
+axis, which config keys count them); the class adds the few operations that need code
+(masking routers, slicing experts, observing routed expert outputs).
+
+Shape legend used across reap_core: T tokens, E experts, K top-k, H hidden, I expert width,
+L layers, S = T*K routed (token, expert) pairs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModel
+
+
+@dataclass(frozen=True)
+class MoELayout:
+    """Architecture knowledge as data: names and axes, no logic."""
+
+    family: str
+    model_types: tuple[str, ...]          # config.model_type values this family uses
+    layer_list_paths: tuple[str, ...]     # attribute paths to the decoder layers, first match wins
+    checkpoint_layer_prefixes: tuple[str, ...]  # key prefixes of layer N in a checkpoint ("...layers.{i}.")
+    router_logits_module: str             # module (in a layer) whose output is the router logits [T, E]
+    expert_tensors: tuple[tuple[str, int], ...]  # (tensor name in a layer, expert axis) to slice
+    experts_module: str                   # module holding the fused expert weights
+    num_experts_key: str                  # config key counting experts per layer
+    top_k_key: str                        # config key for experts per token
+    text_config_attr: str | None          # sub-config holding the keys above, if multimodal
+    non_text_prefixes: tuple[str, ...]    # parameter prefixes outside the language model (vision, audio)
+    gate_definition: str                  # what "gate" means for this family, for docs and recipes
+
+
+def get_by_path(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+class MoEAdapter:
+    """Operations on one family, driven by its layout. Subclasses add the observer hook-up."""
+
+    layout: MoELayout
+
+    # --- config -------------------------------------------------------------------------
+    def text_config(self, config: Any) -> Any:
+        attr = self.layout.text_config_attr
+        if attr and getattr(config, attr, None) is not None:
+            return getattr(config, attr)
+        return config
+
+    def explain_unsupported(self, config: Any) -> str | None:
+        """None if this adapter can prune the model, else a sentence saying why not."""
+        text = self.text_config(config)
+        num_experts = getattr(text, self.layout.num_experts_key, None)
+        top_k = getattr(text, self.layout.top_k_key, None)
+        if not num_experts or not top_k:
+            return (f"{self.layout.family} model without a Mixture-of-Experts block "
+                    f"({self.layout.num_experts_key}={num_experts}): a dense model has no experts to prune")
+        return None
+
+    def num_experts(self, config: Any) -> int:
+        return int(getattr(self.text_config(config), self.layout.num_experts_key))
+
+    def top_k(self, config: Any) -> int:
+        return int(getattr(self.text_config(config), self.layout.top_k_key))
+
+    def num_layers(self, config: Any) -> int:
+        return int(self.text_config(config).num_hidden_layers)
+
+    def set_num_experts(self, config: Any, n: int) -> None:
+        setattr(self.text_config(config), self.layout.num_experts_key, int(n))
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once after loading: pick the fastest kernels for the device, etc."""
+
+    # --- modules ------------------------------------------------------------------------
+    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+        for path in self.layout.layer_list_paths:
+            try:
+                return list(get_by_path(model, path))
+            except AttributeError:
+                continue
+        raise UnsupportedModel(f"no decoder layers found at {self.layout.layer_list_paths} "
+                               f"in {type(model).__name__}")
+
+    def moe_layers(self, model: nn.Module) -> list[tuple[int, nn.Module]]:
+        """(layer index, layer) for every layer that has an MoE block."""
+        found = []
+        for idx, layer in enumerate(self.decoder_layers(model)):
+            try:
+                get_by_path(layer, self.layout.experts_module)
+            except AttributeError:
+                continue
+            found.append((idx, layer))
+        return found
+
+    def router_logits(self, layer: nn.Module) -> nn.Module:
+        return get_by_path(layer, self.layout.router_logits_module)
+
+    def experts(self, layer: nn.Module) -> nn.Module:
+        return get_by_path(layer, self.layout.experts_module)
+
+    # --- slicing ------------------------------------------------------------------------
+    def slice_layer(self, layer: nn.Module, kept: list[int]) -> None:
+        """Keep only `kept` experts (in this order) in one layer, in place."""
+        for name, axis in self.layout.expert_tensors:
+            owner_path, _, attr = name.rpartition(".")
+            owner = get_by_path(layer, owner_path)
+            param = getattr(owner, attr)
+            index = torch.as_tensor(kept, dtype=torch.long, device=param.device)
+            sliced = param.data.index_select(axis, index).contiguous()
+            setattr(owner, attr, nn.Parameter(sliced, requires_grad=param.requires_grad))
+        self.after_slice(layer, len(kept))
+
+    def after_slice(self, layer: nn.Module, n_kept: int) -> None:
+        """Update per-module counters that the family keeps beside the tensors."""
+
+    def checkpoint_expert_keys(self, layer_idx: int) -> dict[str, int]:
+        """Checkpoint keys of layer `layer_idx` that hold experts, with their expert axis.
+
+        Every known prefix is listed (multimodal and text-only naming), so the streaming
+        exporter can match whichever one the checkpoint uses.
+        """
+        keys = {}
+        for prefix in self.layout.checkpoint_layer_prefixes:
+            p = prefix.format(i=layer_idx)
+            for name, axis in self.layout.expert_tensors:
+                keys[p + name] = axis
+        return keys
+
+    # --- observing ----------------------------------------------------------------------
+    @contextmanager
+    def observing(self, model: nn.Module, record: Callable[..., None]) -> Iterator[None]:
+        """Within the block, every MoE forward in this thread calls
+        record(layer, expert_ids[S], token_index[S], gates[S], expert_out[S, H])
+        for the routed pairs only, with the model's outputs unchanged."""
+        raise NotImplementedError
+
+
+ADAPTERS: dict[str, MoEAdapter] = {}
+
+
+def register_adapter(adapter: MoEAdapter) -> MoEAdapter:
+    ADAPTERS[adapter.layout.family] = adapter
+    return adapter
+
+
+def find_adapter(config: Any) -> MoEAdapter:
+    """The adapter for a config, or UnsupportedModel naming what was found."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS.values():
+        if model_type in adapter.layout.model_types:
+            reason = adapter.explain_unsupported(config)
+            if reason:
+                raise UnsupportedModel(reason)
+            return adapter
+    supported = sorted(t for a in ADAPTERS.values() for t in a.layout.model_types)
+    arch = ", ".join(getattr(config, "architectures", None) or []) or "unknown architecture"
+    raise UnsupportedModel(
+        f"model_type '{model_type}' ({arch}) is not a supported Mixture-of-Experts family; "
+        f"supported model types: {', '.join(supported)}")

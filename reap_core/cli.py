@@ -1,0 +1,150 @@
+"""`python -m reap_core <command>`: the same functions the app calls, for scripts and servers.
+
+Every user mistake prints one line starting with 'error:' and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import ReapError
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_info(args) -> None:
+    from .adapters import find_adapter
+    from .model import load_config
+    from .sizing import count_params, size_at
+
+    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    adapter = find_adapter(config)
+    counts = count_params(config, adapter)
+    size = size_at(counts, counts.num_experts)
+    text = adapter.text_config(config)
+    print(f"model            {args.model}")
+    print(f"family           {adapter.layout.family} ({', '.join(config.architectures or ['?'])})")
+    print(f"layers           {adapter.num_layers(config)} ({counts.moe_layers} with MoE)")
+    print(f"experts / layer  {counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}")
+    print(f"hidden size      {text.hidden_size}")
+    for k, v in size.as_row().items():
+        print(f"{k.lower():<16} {v}")
+
+
+def cmd_plan(args) -> None:
+    from .adapters import find_adapter
+    from .model import load_config
+    from .sizing import count_params, sizes_for_ratio
+
+    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    counts = count_params(config, find_adapter(config))
+    original, pruned = sizes_for_ratio(counts, args.ratio)
+    rows = [("", "Original", f"Pruned ({args.ratio:g})")]
+    for (k, a), b in zip(original.as_row().items(), pruned.as_row().values()):
+        rows.append((k, a, b))
+    _print_table(rows)
+
+
+def cmd_calibrate(args) -> None:
+    from tqdm import tqdm
+
+    from .calibration import build_calibration
+    from .model import load_model
+    from .observer import observe
+
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
+                              samples_per_category=args.samples_per_category)
+    print(f"calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
+          f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
+    bar = tqdm(total=len(calib.token_ids), unit="sample", file=sys.stderr)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int, tokens: int) -> None:
+        bar.n = done
+        bar.set_postfix(tokens=tokens)
+        bar.refresh()
+
+    stats = observe(loaded, calib, batch_size=args.batch_size, progress=progress)
+    bar.close()
+    seconds = time.perf_counter() - start
+    path = stats.save(args.out)
+    print(f"observed {calib.num_tokens} tokens in {seconds:.1f} s ({calib.num_tokens / seconds:.0f} tokens/s); "
+          f"statistics written to {path}")
+
+
+def cmd_prune(args) -> None:
+    from .model import load_model
+    from .plan import make_plan
+    from .prune import save_pruned
+    from .stats import ExpertStats
+
+    stats = ExpertStats.load(args.stats)
+    plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
+                     seed=args.seed)  # validate before loading gigabytes
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+    out = save_pruned(loaded, plan, stats, args.out, in_place=True)
+    print(f"pruned {plan.num_pruned} of {plan.num_experts} experts per layer with '{plan.criterion}' "
+          f"({plan.num_kept} kept); saved to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model import BUNDLED_MODEL
+    from .saliency import criterion_names
+
+    parser = argparse.ArgumentParser(prog="python -m reap_core",
+                                     description="REAP expert pruning for Mixture-of-Experts LLMs (Gemma 4).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(fn=fn)
+        p.add_argument("--model", default=BUNDLED_MODEL,
+                       help=f"Hub id or local folder (default: the bundled '{BUNDLED_MODEL}')")
+        p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
+        return p
+
+    add("info", cmd_info, "layers, experts and sizes, from the config alone")
+    p = add("plan", cmd_plan, "original vs pruned sizes for a ratio, from the config alone")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
+
+    p = add("calibrate", cmd_calibrate, "run calibration data through the model and save expert statistics")
+    p.add_argument("--calibration", default="builtin",
+                   help="builtin | builtin:cat1,cat2 | file.jsonl | file.txt | name[subset](split):N")
+    p.add_argument("--out", required=True, help="statistics file to write (.npz)")
+    p.add_argument("--max-tokens", type=int, default=512, help="tokens per sample (longer samples are truncated)")
+    p.add_argument("--samples-per-category", type=int, default=None, help="at most this many samples per category")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
+
+    p = add("prune", cmd_prune, "prune with saved statistics and write a loadable model folder")
+    p.add_argument("--stats", required=True, help="statistics file from 'calibrate'")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
+    p.add_argument("--criterion", default="reap", choices=criterion_names())
+    p.add_argument("--protect-super-experts", action="store_true", help="never prune experts with outlier activations")
+    p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ReapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,143 @@
+"""Stage 3 — observe: a model and a CalibrationSet in, ExpertStats out, in ONE normal forward pass.
+
+Only routed (token, expert) pairs are measured: the adapter hands us each routed expert's output
+f_j(x) [S, H] as the model computes it anyway, and we reduce it at once to a few numbers per
+pair (||f||, max |f|, gate) that are added into float64 [C, L*E] accumulators. Memory is
+O(categories x layers x experts) whatever the number of tokens; the transient per-layer work is
+O(S) beside the expert matmuls. Padding tokens are computed by the forward but never counted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .calibration import CalibrationSet, iter_batches
+from .model import LoadedModel
+from .stats import MAX_STATS, SUM_STATS, ExpertStats
+
+TOP_TOKENS_PER_EXPERT = 6
+_POS_STRIDE = 1 << 20  # global token id = sample * stride + position (max_tokens < 1M)
+
+
+class _Accumulator:
+    def __init__(self, layer_rows: dict[int, int], num_experts: int, num_categories: int,
+                 device: torch.device, top_n: int):
+        L, E, C = len(layer_rows), num_experts, num_categories
+        self.rows, self.E, self.C, self.top_n = layer_rows, E, C, top_n
+        self.sums = {k: torch.zeros(L, C * E, dtype=torch.float64, device=device) for k in SUM_STATS}
+        self.maxes = {k: torch.zeros(L, C * E, dtype=torch.float64, device=device) for k in MAX_STATS}
+        self.top_score = torch.full((L, E, top_n), -math.inf, dtype=torch.float32, device=device)
+        self.top_token = torch.full((L, E, top_n), -1, dtype=torch.long, device=device)
+        self.valid = self.category = self.global_token = None
+
+    def begin_batch(self, attention_mask: torch.Tensor, category_ids: torch.Tensor, sample_ids: torch.Tensor,
+                    device: torch.device) -> None:
+        B, T = attention_mask.shape  # the MoE sees hidden states flattened to [B*T, H], row-major
+        self.valid = attention_mask.reshape(-1).bool().to(device)
+        self.category = category_ids.repeat_interleave(T).to(device)
+        positions = torch.arange(T).repeat(B)
+        self.global_token = (sample_ids.repeat_interleave(T) * _POS_STRIDE + positions).to(device)
+
+    def record(self, layer: int, expert_ids: torch.Tensor, token_index: torch.Tensor, gates: torch.Tensor,
+               outputs: torch.Tensor) -> None:
+        """expert_ids/token_index/gates [S], outputs [S, H]: the routed pairs of one MoE layer."""
+        row = self.rows[layer]
+        dev = self.valid.device
+        expert_ids, token_index = expert_ids.to(dev), token_index.to(dev)
+        keep = self.valid[token_index]
+        e, t = expert_ids[keep], token_index[keep]
+        out = outputs[keep.to(outputs.device)].float()
+        norm = out.norm(dim=-1).to(dev, torch.float64)                 # ||f_j(x)||
+        act = out.abs().amax(dim=-1).to(dev, torch.float64)            # max |f_j(x)|
+        gate = gates[keep.to(gates.device)].abs().to(dev, torch.float64)
+        bucket = self.category[t] * self.E + e                         # [C*E] slot of each pair
+        self.sums["count"][row].index_add_(0, bucket, torch.ones_like(norm))
+        self.sums["gate_sum"][row].index_add_(0, bucket, gate)
+        self.sums["norm_sum"][row].index_add_(0, bucket, norm)
+        self.sums["gated_norm_sum"][row].index_add_(0, bucket, gate * norm)
+        self.maxes["norm_max"][row].scatter_reduce_(0, bucket, norm, reduce="amax")
+        self.maxes["act_max"][row].scatter_reduce_(0, bucket, act, reduce="amax")
+        self._keep_top_tokens(row, e, t, (gate * norm).float())
+
+    def _keep_top_tokens(self, row: int, e: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> None:
+        n_flat = self.valid.numel()
+        dense = torch.full((self.E, n_flat), -math.inf, dtype=torch.float32, device=score.device)
+        dense[e, t] = score  # a token reaches an expert at most once per layer: no collisions
+        k = min(self.top_n, n_flat)
+        val, idx = dense.topk(k, dim=1)
+        merged_val = torch.cat([self.top_score[row], val], dim=1)
+        merged_tok = torch.cat([self.top_token[row], self.global_token[idx]], dim=1)
+        best_val, best_pos = merged_val.topk(self.top_n, dim=1)
+        self.top_score[row] = best_val
+        self.top_token[row] = merged_tok.gather(1, best_pos)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        L = len(self.rows)
+        out = {}
+        for k, v in {**self.sums, **self.maxes}.items():
+            out[k] = v.view(L, self.C, self.E).permute(1, 0, 2).cpu().numpy().copy()  # [C, L, E]
+        return out
+
+
+def _snippets(acc: _Accumulator, calib: CalibrationSet, tokenizer, context: int = 10) -> list:
+    """Turn the best token ids per expert into readable text with a little context."""
+    scores, tokens = acc.top_score.cpu().numpy(), acc.top_token.cpu().numpy()
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    result = []
+    for row in range(scores.shape[0]):
+        per_expert = []
+        for e in range(scores.shape[1]):
+            items = []
+            for s, g in zip(scores[row, e], tokens[row, e]):
+                if g < 0 or not np.isfinite(s):
+                    continue
+                sample, pos = divmod(int(g), _POS_STRIDE)
+                ids = calib.token_ids[sample]
+                items.append({"score": float(s), "category": calib.categories[calib.category_ids[sample]],
+                              "before": decode(ids[max(0, pos - context):pos]), "token": decode([ids[pos]]),
+                              "after": decode(ids[pos + 1:pos + 1 + context // 2])})
+            per_expert.append(items)
+        result.append(per_expert)
+    return result
+
+
+def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
+            progress: Callable[[int, int, int], None] | None = None,
+            top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT) -> ExpertStats:
+    """Run the calibration set through the model once, recording routed-expert statistics.
+
+    progress(done_samples, total_samples, tokens_so_far) is called after every batch.
+    """
+    model, adapter = loaded.model, loaded.adapter
+    layer_rows = {idx: row for row, idx in enumerate(loaded.moe_layer_indices)}
+    stats_device = loaded.input_device
+    acc = _Accumulator(layer_rows, loaded.num_experts, len(calib.categories), stats_device, top_tokens_per_expert)
+    pad_id = loaded.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    backbone = model.model  # stop before the LM head: [B, T, vocab] logits would dominate memory
+    done, tokens = 0, 0
+    total = len(calib.token_ids)
+    with torch.inference_mode(), adapter.observing(model, acc.record):
+        for batch in iter_batches(calib, batch_size, pad_id):
+            acc.begin_batch(batch.attention_mask, batch.category_ids, batch.sample_ids, stats_device)
+            backbone(input_ids=batch.input_ids.to(stats_device),
+                     attention_mask=batch.attention_mask.to(stats_device), use_cache=False)
+            done += len(batch.sample_ids)
+            tokens += int(batch.attention_mask.sum())
+            if progress:
+                progress(done, total, tokens)
+    tokens_per_category = [0] * len(calib.categories)
+    for cat, ids in zip(calib.category_ids, calib.token_ids):
+        tokens_per_category[cat] += len(ids)
+    return ExpertStats(
+        model_id=loaded.model_id, layer_indices=list(layer_rows), num_experts=loaded.num_experts,
+        top_k=loaded.top_k, categories=list(calib.categories), arrays=acc.arrays(),
+        tokens_per_category=tokens_per_category,
+        calibration=dict(spec=calib.spec, fingerprint=calib.fingerprint(), max_tokens=calib.max_tokens,
+                         samples=len(calib.token_ids), tokens=calib.num_tokens, truncated=calib.truncated,
+                         summary=calib.summary),
+        top_tokens=_snippets(acc, calib, loaded.tokenizer) if top_tokens_per_expert else None)
