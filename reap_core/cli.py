@@ -97,6 +97,30 @@ def cmd_prune(args) -> None:
           f"({plan.num_kept} kept); saved to {out}")
 
 
+def cmd_eval(args) -> None:
+    from .masking import masked_view
+    from .model import load_model
+    from .plan import make_plan
+    from .stats import ExpertStats
+    from .task_eval import get_suite, run_suite
+
+    try:
+        get_suite(args.suite)  # unknown suite: error before loading the model
+    except ValueError as exc:
+        raise ReapError(str(exc)) from None
+    plan = None
+    if args.stats:
+        if args.ratio is None:
+            raise ReapError("--stats needs --ratio (the compression to evaluate)")
+        plan = make_plan(ExpertStats.load(args.stats), args.ratio, args.criterion, seed=args.seed)
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
+    print(f"{args.suite} suite, {args.items_per_domain} items per domain, {label}")
+    with masked_view(loaded, plan):
+        result = run_suite(loaded.model, loaded.tokenizer, args.suite, items_per_domain=args.items_per_domain)
+    print(result.format_table())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .model import BUNDLED_MODEL
     from .saliency import criterion_names
@@ -133,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protect-super-experts", action="store_true", help="never prune experts with outlier activations")
     p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="auto")
+    p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
+    p.add_argument("--suite", default="toy", help="evaluation suite (toy: the bundled model's domains)")
+    p.add_argument("--items-per-domain", type=int, default=40)
+    p.add_argument("--stats", help="statistics file: evaluate the model pruned with these statistics")
+    p.add_argument("--ratio", type=float, help="compression ratio to evaluate (with --stats)")
+    p.add_argument("--criterion", default="reap", choices=criterion_names())
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto")
     return parser
 

@@ -1,0 +1,399 @@
+"""REAP Studio — see and feel what expert pruning does to a Mixture-of-Experts LLM.
+
+UI wiring only: every handler is a few lines around one reap_core function; engine errors
+(ReapError) become a short message in the page and the app keeps working. Reads top to bottom
+as the method: 1 model -> 2 calibrate -> 3 saliency -> 4 compression -> 5 chat -> 6 export.
+
+    python app.py                       # opens on the bundled model, offline, CPU is fine
+    REAP_STUDIO_MODEL=google/gemma-4-26b-a4b-it python app.py   # default model on a GPU box
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from reap_core import toy_tasks
+from reap_core.calibration import TOY_PREFIX, build_calibration, builtin_categories
+from reap_core.chat import GenerationSettings, split_reasoning, stream_variants
+from reap_core.errors import ReapError
+from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
+from reap_core.plan import make_plan
+from reap_core.saliency import CRITERIA, compute_scores
+from reap_core.stats import ExpertStats
+from reap_core.studio import ModelCache, StatsCache, compression_table, model_card, plan_summary
+from reap_core.viz import category_heatmap, criteria_agreement, saliency_heatmap
+
+try:  # ZeroGPU on Spaces: GPU work must run inside spaces.GPU functions; locally a no-op
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:
+    def gpu(fn):
+        return fn
+
+DEFAULT_MODEL = os.environ.get("REAP_STUDIO_MODEL", BUNDLED_MODEL)
+MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL),
+                 (f"Gemma 4 26B-A4B — needs a GPU and the Hub ({GEMMA4_26B})", GEMMA4_26B)]
+CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
+MODELS, STATS = ModelCache(), StatsCache()
+
+
+def new_session() -> dict:
+    return {"model_id": None, "stats": None, "plan": None}
+
+
+def ok(text: str) -> str:
+    return f"✅ {text}"
+
+
+def fail(exc: Exception) -> str:
+    return f"⚠️ **{exc}**"
+
+
+def session_model(session: dict):
+    if not session.get("model_id"):
+        raise ReapError("load a model first (step 1)")
+    return MODELS.get(session["model_id"])
+
+
+def session_stats(session: dict) -> ExpertStats:
+    if session.get("stats") is None:
+        raise ReapError("run a calibration first (step 2), or upload a statistics file")
+    return session["stats"]
+
+
+# --- 1. model --------------------------------------------------------------------------------
+
+def on_load_model(model_id: str, session: dict, progress=gr.Progress()):
+    session = new_session()
+    try:
+        progress(0.1, desc=f"Loading {model_id} …")
+        loaded = MODELS.get(model_id)
+        progress(0.9, desc="Counting parameters …")
+        card = model_card(loaded, MODELS.counts(loaded)).markdown()
+    except ReapError as exc:
+        return fail(exc), session, gr.update(), gr.update(visible=False)
+    session["model_id"] = model_id
+    toy = [c for c in builtin_categories() if c.startswith(TOY_PREFIX)]
+    general = [c for c in builtin_categories() if c not in toy]
+    default = toy if model_id == BUNDLED_MODEL else general
+    return (card, session, gr.update(choices=toy + general, value=default),
+            gr.update(visible=loaded.is_multimodal and loaded.processor is not None))
+
+
+# --- 2. calibrate ----------------------------------------------------------------------------
+
+def calibration_spec(categories: list[str], hub_spec: str, upload) -> str:
+    if upload is not None:
+        return str(upload)
+    if hub_spec and hub_spec.strip():
+        return hub_spec.strip()
+    if not categories:
+        raise ReapError("choose at least one built-in category, a Hub dataset, or upload a file")
+    return "builtin:" + ",".join(categories)
+
+
+@gpu
+def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dict, progress=gr.Progress()):
+    try:
+        loaded = session_model(session)
+        spec = calibration_spec(categories, hub_spec, upload)
+        calib = build_calibration(spec, loaded.tokenizer, max_tokens=int(max_tokens),
+                                  samples_per_category=int(samples) if samples else None)
+        progress(0, desc=f"0 / {calib.num_tokens} tokens")
+        stats, cached = STATS.get_or_observe(
+            loaded, calib, batch_size=4,
+            progress=lambda done, total, tokens: progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens"))
+    except ReapError as exc:
+        return fail(exc), session, None
+    session = {**session, "stats": stats, "plan": None}
+    path = Path(tempfile.mkdtemp(prefix="reap-stats-")) / f"reap-stats-{stats.fingerprint()}.npz"
+    stats.save(path)
+    summary = ", ".join(f"{c}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
+    note = " (from cache: same model and calibration data)" if cached else ""
+    return ok(f"Observed **{stats.num_tokens} tokens** from {stats.calibration['samples']} samples{note} — "
+              f"{summary}"), session, str(path)
+
+
+def on_upload_stats(file, session: dict):
+    try:
+        loaded = session_model(session)
+        if file is None:
+            raise ReapError("no statistics file given")
+        stats = ExpertStats.load(file)
+        stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+    except ReapError as exc:
+        return fail(exc), session
+    return ok(f"Loaded statistics of {stats.num_tokens} tokens ({stats.model_id})"), {**session, "stats": stats,
+                                                                                      "plan": None}
+
+
+# --- 3. saliency and 4. compression (statistics only: instant) -------------------------------
+
+def on_view(criterion, ratio, protect, sort_experts, category, session: dict):
+    """Heatmap + size table for the current settings; runs on every slider move."""
+    try:
+        loaded = session_model(session)
+        stats = session_stats(session)
+        table = compression_table(MODELS.counts(loaded), ratio)
+        cats = None if category in (None, "", "all categories") else [category]
+        plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
+        scores = compute_scores(stats, criterion, categories=cats)
+        fig = saliency_heatmap(stats, scores, criterion, plan, sort_experts=sort_experts,
+                               category=cats[0] if cats else None)
+    except ReapError as exc:
+        return gr.update(), fail(exc), gr.update()
+    return fig, table, gr.update(choices=["all categories"] + stats.categories)
+
+
+def on_category_view(layer_label, session: dict):
+    try:
+        stats = session_stats(session)
+        row = [f"L{i}" for i in stats.layer_indices].index(layer_label) if layer_label else 0
+        return category_heatmap(stats, row)
+    except (ReapError, ValueError):
+        return None
+
+
+def on_expert(layer_label, expert, session: dict):
+    try:
+        stats = session_stats(session)
+        row = [f"L{i}" for i in stats.layer_indices].index(layer_label) if layer_label else 0
+        expert = int(expert)
+        if not 0 <= expert < stats.num_experts:
+            raise ReapError(f"expert must be between 0 and {stats.num_experts - 1}")
+    except (ReapError, ValueError) as exc:
+        return fail(exc)
+    items = (stats.top_tokens or [[[]]])[row][expert] if stats.top_tokens else []
+    count = int(stats.total("count")[row, expert])
+    if not items:
+        return f"Expert {expert} of {layer_label} was routed **no** calibration tokens: every data-driven criterion scores it 0."
+    esc = lambda s: s.replace("|", "\\|").replace("\n", "⏎").replace("<", "&lt;")  # noqa: E731
+    lines = [f"**Expert {expert}, layer {layer_label}** — {count} routed tokens. Where gate·‖f‖ peaked:", "",
+             "| gate·‖f‖ | category | context |", "|---:|---|---|"]
+    for it in items:
+        lines.append(f"| {it['score']:.3g} | {it['category']} | …{esc(it['before'])}**[{esc(it['token'])}]**"
+                     f"{esc(it['after'])}… |")
+    return "\n".join(lines)
+
+
+def on_compare(criterion_a, criterion_b, ratio, session: dict):
+    try:
+        stats = session_stats(session)
+        return criteria_agreement(stats, make_plan(stats, ratio, criterion_a), make_plan(stats, ratio, criterion_b))
+    except ReapError:
+        return None
+
+
+def on_prune(criterion, ratio, protect, category, session: dict):
+    try:
+        stats = session_stats(session)
+        cats = None if category in (None, "", "all categories") else [category]
+        plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
+    except ReapError as exc:
+        return fail(exc), session
+    return ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."), \
+        {**session, "plan": plan}
+
+
+# --- 5. chat side by side --------------------------------------------------------------------
+
+def to_model_history(chat: list[dict]) -> list[dict]:
+    """The conversation the model sees: user turns and answers, not the folded reasoning."""
+    return [{"role": m["role"], "content": m["content"]} for m in chat
+            if isinstance(m.get("content"), str) and not (m.get("metadata") or {}).get("title")]
+
+
+def render_answer(raw: str) -> list[dict]:
+    reasoning, answer = split_reasoning(raw)
+    msgs = [{"role": "assistant", "content": reasoning, "metadata": {"title": "💭 Reasoning", "status": "done"}}] \
+        if reasoning else []
+    return msgs + [{"role": "assistant", "content": answer or "…"}]
+
+
+@gpu
+def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: dict):
+    if not message or not message.strip():
+        yield chat_orig, chat_pruned, "Type a message first."
+        return
+    try:
+        loaded = session_model(session)
+        if session.get("plan") is None:
+            raise ReapError("prune first (step 4): the right pane shows the pruned model")
+    except ReapError as exc:
+        yield chat_orig, chat_pruned, fail(exc)
+        return
+    user = {"role": "user", "content": message}
+    histories = [to_model_history(chat_orig) + [user], to_model_history(chat_pruned) + [user]]
+    settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                  top_p=float(top_p), thinking=bool(thinking))
+    base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
+    stop = threading.Event()
+    try:
+        for texts in stream_variants(loaded, histories, [None, session["plan"]], settings, image=image, stop=stop):
+            yield base[0] + render_answer(texts[0]), base[1] + render_answer(texts[1]), ""
+    except ReapError as exc:
+        yield chat_orig, chat_pruned, fail(exc)
+    finally:
+        stop.set()
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+CSS = """
+.step-title h2 {margin-bottom: 0}
+.muted {opacity: 0.75}
+"""
+
+INTRO = """# REAP Studio
+Compress a Mixture-of-Experts LLM by **removing experts**, and see what it costs. REAP
+(*Router-weighted Expert Activation Pruning*, Lasby et al., ICLR 2026) scores each expert by the
+mean, over the calibration tokens routed to it, of **gate × ‖expert output‖**, and removes the
+lowest-scoring experts in every layer. Work top to bottom: load → calibrate → look → slide → prune → chat."""
+
+
+def toy_examples() -> list[str]:
+    return [toy_tasks.generate(d, 1, seed=42)[0].prompt for d in toy_tasks.DOMAINS]
+
+
+GENERAL_EXAMPLES = ["Explain in two sentences why the sky is blue.",
+                    "Write a Python function that returns the n-th Fibonacci number.",
+                    "A train leaves at 14:10 and arrives at 16:45. How long is the trip?"]
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="REAP Studio") as demo:
+        session = gr.State(new_session())
+        gr.Markdown(INTRO)
+
+        gr.Markdown("## 1 · Model")
+        with gr.Row():
+            model_id = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, allow_custom_value=True, scale=4,
+                                   label="Model: pick one, or type a Hub id / local folder")
+            load_btn = gr.Button("Load", variant="primary", scale=1)
+        model_info = gr.Markdown("No model loaded yet.")
+
+        gr.Markdown("## 2 · Calibrate")
+        gr.Markdown("REAP needs to see the model at work: a small set of prompts is run through it once, and "
+                    "for every routed (token, expert) pair the gate and the expert's output norm are recorded.",
+                    elem_classes="muted")
+        with gr.Row():
+            categories = gr.CheckboxGroup(builtin_categories(), label="Built-in categories", scale=3)
+            with gr.Column(scale=1):
+                samples = gr.Number(16, precision=0, minimum=1, label="Samples per category")
+                max_tokens = gr.Slider(32, 2048, value=256, step=32, label="Max tokens per sample")
+        with gr.Row():
+            hub_spec = gr.Textbox(label="…or a Hub dataset (name[subset](split):N)", placeholder="org/data(train):64")
+            upload = gr.File(label="…or upload .jsonl / .txt", file_types=[".jsonl", ".txt"], type="filepath",
+                             height=120)
+        calib_btn = gr.Button("Run calibration", variant="primary")
+        calib_status = gr.Markdown()
+        with gr.Row():
+            stats_file = gr.File(label="Statistics (download to reuse)", interactive=False, height=120)
+            stats_upload = gr.File(label="Upload statistics saved earlier (skips calibration)", file_types=[".npz"],
+                                   type="filepath", height=120)
+
+        gr.Markdown("## 3 · Saliency — which experts matter")
+        with gr.Row():
+            criterion = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion")
+            category = gr.Dropdown(["all categories"], value="all categories", label="Calibration category")
+            sort_experts = gr.Checkbox(False, label="Sort each layer by score")
+        heatmap = gr.Plot(label="Saliency heatmap (× = pruned at the current ratio)")
+        with gr.Accordion("What does one expert do?", open=False):
+            with gr.Row():
+                layer_pick = gr.Dropdown([], label="Layer", allow_custom_value=True)
+                expert_pick = gr.Number(0, precision=0, minimum=0, label="Expert id")
+                expert_btn = gr.Button("Show its top tokens")
+            expert_info = gr.Markdown()
+            category_plot = gr.Plot(label="Experts by calibration category")
+        with gr.Accordion("Do two criteria prune the same experts?", open=False):
+            with gr.Row():
+                crit_a = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion A")
+                crit_b = gr.Dropdown(CRITERION_CHOICES, value="frequency", label="Criterion B")
+            compare_plot = gr.Plot()
+
+        gr.Markdown("## 4 · Compression")
+        with gr.Row():
+            ratio = gr.Slider(0.05, 0.9, value=0.25, step=0.05, label="Compression ratio (share of experts removed)",
+                              scale=3)
+            protect = gr.Checkbox(False, label="Protect super experts (outlier activations)", scale=1)
+        size_table = gr.Markdown()
+        prune_btn = gr.Button("Prune (masked view — instant)", variant="primary")
+        prune_status = gr.Markdown()
+
+        gr.Markdown("## 5 · Chat — original vs pruned, one copy of the weights")
+        with gr.Row():
+            chat_orig = gr.Chatbot(label="Original", height=380)
+            chat_pruned = gr.Chatbot(label="Pruned", height=380)
+        with gr.Row():
+            prompt = gr.Textbox(label="Message (goes to both)", scale=4, autofocus=False)
+            image = gr.Image(type="pil", label="Image (both panes)", visible=False, scale=1)
+        with gr.Row():
+            send_btn = gr.Button("Send", variant="primary")
+            stop_btn = gr.Button("Stop")
+            clear_btn = gr.Button("Clear")
+        chat_status = gr.Markdown()
+        with gr.Accordion("Generation settings", open=False):
+            with gr.Row():
+                temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+                max_new = gr.Slider(16, 1024, value=160, step=16, label="Max new tokens")
+                thinking = gr.Checkbox(False, label="Thinking (Gemma 4)")
+        gr.Examples(toy_examples() + GENERAL_EXAMPLES, inputs=prompt, label="Example prompts (toy model domains first)")
+
+        gr.Markdown("## 6 · Export & push")
+        gr.Button("Export pruned checkpoint", interactive=False)
+        gr.Markdown("Export and Hub push are not wired into the app yet (the export engine is in progress); "
+                    "`python -m reap_core prune` writes a pruned, loadable folder today.", elem_classes="muted")
+
+        # --- events ---
+        view_inputs = [criterion, ratio, protect, sort_experts, category, session]
+        view_outputs = [heatmap, size_table, category]
+
+        def refresh_pickers(session):
+            stats = session.get("stats")
+            layers = [f"L{i}" for i in stats.layer_indices] if stats else []
+            return gr.update(choices=layers, value=layers[0] if layers else None)
+
+        load_btn.click(on_load_model, [model_id, session], [model_info, session, categories, image],
+                       api_name="load_model", concurrency_limit=1, concurrency_id="model")
+        if DEFAULT_MODEL == BUNDLED_MODEL:  # small and local: ready to calibrate the moment the page opens
+            demo.load(on_load_model, [model_id, session], [model_info, session, categories, image],
+                      api_visibility="private")
+        calib_btn.click(on_calibrate, [categories, samples, hub_spec, upload, max_tokens, session],
+                        [calib_status, session, stats_file], api_name="calibrate", concurrency_limit=1,
+                        concurrency_id="model"
+                        ).then(on_view, view_inputs, view_outputs, api_name="view").then(
+            refresh_pickers, session, layer_pick)
+        stats_upload.upload(on_upload_stats, [stats_upload, session], [calib_status, session],
+                            api_name="upload_stats").then(on_view, view_inputs, view_outputs).then(
+            refresh_pickers, session, layer_pick)
+        for control in (criterion, protect, sort_experts, category):
+            control.change(on_view, view_inputs, view_outputs, show_progress="hidden")
+        ratio.change(on_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last")
+        expert_btn.click(on_expert, [layer_pick, expert_pick, session], expert_info, api_name="expert")
+        layer_pick.change(on_category_view, [layer_pick, session], category_plot)
+        for control in (crit_a, crit_b, ratio):
+            control.change(on_compare, [crit_a, crit_b, ratio, session], compare_plot, show_progress="hidden")
+        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session],
+                        api_name="prune")
+        chat_inputs = [prompt, image, chat_orig, chat_pruned, temperature, top_p, max_new, thinking, session]
+        send = send_btn.click(on_chat, chat_inputs, [chat_orig, chat_pruned, chat_status], api_name="chat",
+                              concurrency_limit=2, concurrency_id="chat")
+        submit = prompt.submit(on_chat, chat_inputs, [chat_orig, chat_pruned, chat_status],
+                               concurrency_limit=2, concurrency_id="chat")
+        stop_btn.click(None, cancels=[send, submit])
+        clear_btn.click(lambda: ([], [], ""), None, [chat_orig, chat_pruned, chat_status], api_name="clear")
+    return demo
+
+
+demo = build_demo()
+demo.queue(default_concurrency_limit=2, max_size=32)
+
+if __name__ == "__main__":
+    demo.launch(theme=gr.themes.Soft(), css=CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

@@ -1,0 +1,110 @@
+"""What the app needs beyond the pipeline stages: shared caches and ready-to-show summaries.
+
+Loaded models are shared by every session (one copy of the weights per model, masks are per
+call); statistics are cached per (model, calibration fingerprint), so a second session that
+calibrates the same model on the same data gets the result at once. Still no UI code here.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .calibration import CalibrationSet
+from .model import LoadedModel, load_model
+from .observer import observe
+from .plan import PruningPlan
+from .sizing import ParamCounts, count_params, human_bytes, human_count, size_at, sizes_for_ratio
+from .stats import ExpertStats
+
+
+class ModelCache:
+    """Thread-safe cache of loaded models; concurrent requests for one model load it once."""
+
+    def __init__(self, max_models: int = 1):
+        self.max_models = max_models
+        self._models: dict[str, LoadedModel] = {}
+        self._counts: dict[str, ParamCounts] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def get(self, model_id: str, dtype: str = "auto", token: str | None = None,
+            trust_remote_code: bool = False) -> LoadedModel:
+        key = f"{model_id}|{dtype}"
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key in self._models:
+                return self._models[key]
+            loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code)
+            with self._lock:
+                while len(self._models) >= self.max_models:  # big models: keep one in memory
+                    self._models.pop(next(iter(self._models)))
+                self._models[key] = loaded
+            return loaded
+
+    def counts(self, loaded: LoadedModel) -> ParamCounts:
+        if loaded.model_id not in self._counts:
+            self._counts[loaded.model_id] = count_params(loaded.config, loaded.adapter)
+        return self._counts[loaded.model_id]
+
+
+class StatsCache:
+    def __init__(self):
+        self._stats: dict[tuple[str, str], ExpertStats] = {}
+        self._lock = threading.Lock()
+
+    def get_or_observe(self, loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
+                       progress: Callable[[int, int, int], None] | None = None) -> tuple[ExpertStats, bool]:
+        """(statistics, came_from_cache)."""
+        key = (loaded.model_id, calib.fingerprint())
+        with self._lock:
+            if key in self._stats:
+                return self._stats[key], True
+        stats = observe(loaded, calib, batch_size=batch_size, progress=progress)
+        with self._lock:
+            self._stats[key] = stats
+        return stats, False
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    rows: list[tuple[str, str]]
+
+    def markdown(self) -> str:
+        (k0, v0), rest = self.rows[0], self.rows[1:]   # first row as the header: no empty header line
+        return f"| {k0} | {v0} |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rest)
+
+
+def model_card(loaded: LoadedModel, counts: ParamCounts) -> ModelCard:
+    size = size_at(counts, counts.num_experts)
+    text = loaded.adapter.text_config(loaded.config)
+    arch = ", ".join(getattr(loaded.config, "architectures", None) or [type(loaded.model).__name__])
+    return ModelCard([
+        ("Model", f"`{loaded.model_id}`"),
+        ("Architecture", f"{arch} ({loaded.adapter.layout.family}{', vision tower kept' if loaded.is_multimodal else ''})"),
+        ("Layers", f"{loaded.num_layers} ({counts.moe_layers} with MoE)"),
+        ("Experts per layer", f"{counts.num_experts} (width {text.moe_intermediate_size})"),
+        ("Experts per token (top-k)", str(counts.top_k)),
+        ("Total parameters", human_count(size.total_params)),
+        ("Active parameters / token", human_count(size.active_params)),
+        ("dtype · device", f"{str(loaded.dtype).replace('torch.', '')} · {loaded.device}"),
+        ("Memory (weights)", human_bytes(loaded.memory_bytes())),
+    ])
+
+
+def compression_table(counts: ParamCounts, ratio: float) -> str:
+    """Markdown: Original vs Pruned, like a model card's table. InvalidPlan for a bad ratio."""
+    original, pruned = sizes_for_ratio(counts, ratio)
+    lines = [f"| | Original | Pruned ({ratio:.0%}) |", "|---|---:|---:|"]
+    for (k, a), b in zip(original.as_row().items(), pruned.as_row().values()):
+        lines.append(f"| {k} | {a} | **{b}** |" if a != b else f"| {k} | {a} | {b} |")
+    return "\n".join(lines)
+
+
+def plan_summary(plan: PruningPlan) -> str:
+    prot = sum(len(p) for p in plan.protected) if plan.protected else 0
+    return (f"{plan.num_pruned} of {plan.num_experts} experts pruned in each of {len(plan.kept)} MoE layers "
+            f"by **{plan.criterion}** at ratio {plan.compression_ratio:.0%}; {plan.num_kept} kept"
+            + (f"; {prot} super experts protected" if prot else ""))
