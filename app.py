@@ -10,6 +10,7 @@ as the method: 1 model -> 2 calibrate -> 3 saliency -> 4 compression -> 5 chat -
 
 from __future__ import annotations
 
+import html
 import os
 import tempfile
 import threading
@@ -70,15 +71,14 @@ def session_stats(session: dict) -> ExpertStats:
 # --- 1. model --------------------------------------------------------------------------------
 
 def on_load_model(model_id: str, session: dict, progress=gr.Progress()):
-    session = new_session()
     try:
         progress(0.1, desc=f"Loading {model_id} …")
         loaded = MODELS.get(model_id)
         progress(0.9, desc="Counting parameters …")
-        card = model_card(loaded, MODELS.counts(loaded)).markdown()
-    except ReapError as exc:
-        return fail(exc), session, gr.update(), gr.update(visible=False)
-    session["model_id"] = model_id
+        card = model_card(loaded, *MODELS.counts(loaded)).markdown()
+    except ReapError as exc:  # keep the model, statistics and prune already there
+        return fail(exc), session, gr.update(), gr.update()
+    session = {**new_session(), "model_id": model_id}
     toy = [c for c in builtin_categories() if c.startswith(TOY_PREFIX)]
     general = [c for c in builtin_categories() if c not in toy]
     default = toy if model_id == BUNDLED_MODEL else general
@@ -110,14 +110,14 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dic
             loaded, calib, batch_size=4,
             progress=lambda done, total, tokens: progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens"))
     except ReapError as exc:
-        return fail(exc), session, None
+        return fail(exc), session, gr.update()
     session = {**session, "stats": stats, "plan": None}
     path = Path(tempfile.mkdtemp(prefix="reap-stats-")) / f"reap-stats-{stats.fingerprint()}.npz"
     stats.save(path)
     summary = ", ".join(f"{c}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
     note = " (from cache: same model and calibration data)" if cached else ""
     return ok(f"Observed **{stats.num_tokens} tokens** from {stats.calibration['samples']} samples{note} — "
-              f"{summary}"), session, str(path)
+              f"{summary}"), session, gr.update(value=str(path), visible=True)
 
 
 def on_upload_stats(file, session: dict):
@@ -137,18 +137,24 @@ def on_upload_stats(file, session: dict):
 
 def on_view(criterion, ratio, protect, sort_experts, category, session: dict):
     """Heatmap + size table for the current settings; runs on every slider move."""
+    notice = gr.update()
+    current = session.get("plan")
+    if current is not None and (current.criterion != criterion or abs(current.compression_ratio - ratio) > 1e-9):
+        notice = (f"ℹ️ Chat still uses **{current.criterion}** at {current.compression_ratio:.0%} — press **Prune** "
+                  f"to apply {criterion} at {ratio:.0%}")
     try:
         loaded = session_model(session)
         stats = session_stats(session)
-        table = compression_table(MODELS.counts(loaded), ratio)
+        counts, fmt = MODELS.counts(loaded)
+        table = compression_table(counts, ratio, fmt)
         cats = None if category in (None, "", "all categories") else [category]
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
         scores = compute_scores(stats, criterion, categories=cats)
         fig = saliency_heatmap(stats, scores, criterion, plan, sort_experts=sort_experts,
                                category=cats[0] if cats else None)
     except ReapError as exc:
-        return gr.update(), fail(exc), gr.update()
-    return fig, table, gr.update(choices=["all categories"] + stats.categories)
+        return gr.update(), fail(exc), gr.update(), notice
+    return fig, table, gr.update(choices=["all categories"] + stats.categories), notice
 
 
 def on_category_view(layer_label, session: dict):
@@ -173,13 +179,21 @@ def on_expert(layer_label, expert, session: dict):
     count = int(stats.total("count")[row, expert])
     if not items:
         return f"Expert {expert} of {layer_label} was routed **no** calibration tokens: every data-driven criterion scores it 0."
-    esc = lambda s: s.replace("|", "\\|").replace("\n", "⏎").replace("<", "&lt;")  # noqa: E731
-    lines = [f"**Expert {expert}, layer {layer_label}** — {count} routed tokens. Where gate·‖f‖ peaked:", "",
+    lines = [f"**Expert {expert}, layer {layer_label}** — {count} routed tokens. Where gate·‖f‖ peaked "
+             "(the highlighted token; the text around it is its context):", "",
              "| gate·‖f‖ | category | context |", "|---:|---|---|"]
     for it in items:
-        lines.append(f"| {it['score']:.3g} | {it['category']} | …{esc(it['before'])}**[{esc(it['token'])}]**"
-                     f"{esc(it['after'])}… |")
+        lines.append(f"| {it['score']:.3g} | {it['category']} | …{literal(it['before'])}<mark>{literal(it['token'])}"
+                     f"</mark>{literal(it['after'])}… |")
     return "\n".join(lines)
+
+
+def literal(text: str) -> str:
+    """Model text shown verbatim inside a Markdown table: no markup, no HTML, visible newlines."""
+    text = html.escape(text).replace("\n", "⏎")
+    for ch in "|`*_[]#~\\":
+        text = text.replace(ch, f"&#{ord(ch)};")
+    return text
 
 
 def on_compare(criterion_a, criterion_b, ratio, session: dict):
@@ -196,9 +210,10 @@ def on_prune(criterion, ratio, protect, category, session: dict):
         cats = None if category in (None, "", "all categories") else [category]
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
     except ReapError as exc:
-        return fail(exc), session
-    return ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."), \
-        {**session, "plan": plan}
+        return fail(exc), session, gr.update()
+    label = f"Pruned — {plan.num_kept}/{plan.num_experts} experts per layer ({plan.criterion}, {plan.compression_ratio:.0%})"
+    return (ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."),
+            {**session, "plan": plan}, gr.update(label=label))
 
 
 # --- 5. chat side by side --------------------------------------------------------------------
@@ -219,14 +234,14 @@ def render_answer(raw: str) -> list[dict]:
 @gpu
 def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: dict):
     if not message or not message.strip():
-        yield chat_orig, chat_pruned, "Type a message first."
+        yield chat_orig, chat_pruned, "Type a message first.", gr.update()
         return
     try:
         loaded = session_model(session)
         if session.get("plan") is None:
             raise ReapError("prune first (step 4): the right pane shows the pruned model")
     except ReapError as exc:
-        yield chat_orig, chat_pruned, fail(exc)
+        yield chat_orig, chat_pruned, fail(exc), gr.update()  # keep the typed message
         return
     user = {"role": "user", "content": message}
     histories = [to_model_history(chat_orig) + [user], to_model_history(chat_pruned) + [user]]
@@ -236,9 +251,9 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     stop = threading.Event()
     try:
         for texts in stream_variants(loaded, histories, [None, session["plan"]], settings, image=image, stop=stop):
-            yield base[0] + render_answer(texts[0]), base[1] + render_answer(texts[1]), ""
+            yield base[0] + render_answer(texts[0]), base[1] + render_answer(texts[1]), "", ""
     except ReapError as exc:
-        yield chat_orig, chat_pruned, fail(exc)
+        yield chat_orig, chat_pruned, fail(exc), gr.update()
     finally:
         stop.set()
 
@@ -294,9 +309,9 @@ def build_demo() -> gr.Blocks:
         calib_btn = gr.Button("Run calibration", variant="primary")
         calib_status = gr.Markdown()
         with gr.Row():
-            stats_file = gr.File(label="Statistics (download to reuse)", interactive=False, height=120)
+            stats_file = gr.File(label="Statistics (download to reuse)", interactive=False, height=150, visible=False)
             stats_upload = gr.File(label="Upload statistics saved earlier (skips calibration)", file_types=[".npz"],
-                                   type="filepath", height=120)
+                                   type="filepath", height=150)
 
         gr.Markdown("## 3 · Saliency — which experts matter")
         with gr.Row():
@@ -305,7 +320,7 @@ def build_demo() -> gr.Blocks:
             sort_experts = gr.Checkbox(False, label="Sort each layer by score")
         heatmap = gr.Plot(label="Saliency heatmap (× = pruned at the current ratio)")
         with gr.Accordion("What does one expert do?", open=False):
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 layer_pick = gr.Dropdown([], label="Layer", allow_custom_value=True)
                 expert_pick = gr.Number(0, precision=0, minimum=0, label="Expert id")
                 expert_btn = gr.Button("Show its top tokens")
@@ -315,11 +330,12 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 crit_a = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion A")
                 crit_b = gr.Dropdown(CRITERION_CHOICES, value="frequency", label="Criterion B")
-            compare_plot = gr.Plot()
+            compare_plot = gr.Plot(label="Experts pruned by both criteria, per layer")
 
         gr.Markdown("## 4 · Compression")
         with gr.Row():
-            ratio = gr.Slider(0.05, 0.9, value=0.25, step=0.05, label="Compression ratio (share of experts removed)",
+            ratio = gr.Slider(0.05, 0.95, value=0.25, step=0.05, label="Compression ratio (share of experts removed)",
+                              info="A layer must keep at least top-k experts; the table says when a ratio goes too far",
                               scale=3)
             protect = gr.Checkbox(False, label="Protect super experts (outlier activations)", scale=1)
         size_table = gr.Markdown()
@@ -328,8 +344,10 @@ def build_demo() -> gr.Blocks:
 
         gr.Markdown("## 5 · Chat — original vs pruned, one copy of the weights")
         with gr.Row():
-            chat_orig = gr.Chatbot(label="Original", height=380)
-            chat_pruned = gr.Chatbot(label="Pruned", height=380)
+            chat_orig = gr.Chatbot(label="Original — all experts", height=380,
+                                   placeholder="Prune (step 4), then send a message: this pane uses every expert")
+            chat_pruned = gr.Chatbot(label="Pruned", height=380,
+                                     placeholder="…and this one the pruned view, from the same weights")
         with gr.Row():
             prompt = gr.Textbox(label="Message (goes to both)", scale=4, autofocus=False)
             image = gr.Image(type="pil", label="Image (both panes)", visible=False, scale=1)
@@ -353,7 +371,9 @@ def build_demo() -> gr.Blocks:
 
         # --- events ---
         view_inputs = [criterion, ratio, protect, sort_experts, category, session]
-        view_outputs = [heatmap, size_table, category]
+        view_outputs = [heatmap, size_table, category, prune_status]
+        private = dict(api_visibility="private")
+        compare = dict(fn=on_compare, inputs=[crit_a, crit_b, ratio, session], outputs=compare_plot, **private)
 
         def refresh_pickers(session):
             stats = session.get("stats")
@@ -369,24 +389,27 @@ def build_demo() -> gr.Blocks:
                         [calib_status, session, stats_file], api_name="calibrate", concurrency_limit=1,
                         concurrency_id="model"
                         ).then(on_view, view_inputs, view_outputs, api_name="view").then(
-            refresh_pickers, session, layer_pick)
+            refresh_pickers, session, layer_pick, **private).then(**compare)
         stats_upload.upload(on_upload_stats, [stats_upload, session], [calib_status, session],
-                            api_name="upload_stats").then(on_view, view_inputs, view_outputs).then(
-            refresh_pickers, session, layer_pick)
+                            api_name="upload_stats").then(on_view, view_inputs, view_outputs, **private).then(
+            refresh_pickers, session, layer_pick, **private).then(**compare)
         for control in (criterion, protect, sort_experts, category):
-            control.change(on_view, view_inputs, view_outputs, show_progress="hidden")
-        ratio.change(on_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last")
+            control.change(on_view, view_inputs, view_outputs, show_progress="hidden", **private)
+        ratio.change(on_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last", **private)
         expert_btn.click(on_expert, [layer_pick, expert_pick, session], expert_info, api_name="expert")
-        layer_pick.change(on_category_view, [layer_pick, session], category_plot)
+        expert_pick.change(on_expert, [layer_pick, expert_pick, session], expert_info, **private)
+        layer_pick.change(on_category_view, [layer_pick, session], category_plot, **private).then(
+            on_expert, [layer_pick, expert_pick, session], expert_info, **private)
         for control in (crit_a, crit_b, ratio):
-            control.change(on_compare, [crit_a, crit_b, ratio, session], compare_plot, show_progress="hidden")
-        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session],
+            control.change(show_progress="hidden", **compare)
+        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session, chat_pruned],
                         api_name="prune")
         chat_inputs = [prompt, image, chat_orig, chat_pruned, temperature, top_p, max_new, thinking, session]
-        send = send_btn.click(on_chat, chat_inputs, [chat_orig, chat_pruned, chat_status], api_name="chat",
+        chat_outputs = [chat_orig, chat_pruned, chat_status, prompt]
+        send = send_btn.click(on_chat, chat_inputs, chat_outputs, api_name="chat",
                               concurrency_limit=2, concurrency_id="chat")
-        submit = prompt.submit(on_chat, chat_inputs, [chat_orig, chat_pruned, chat_status],
-                               concurrency_limit=2, concurrency_id="chat")
+        submit = prompt.submit(on_chat, chat_inputs, chat_outputs, concurrency_limit=2, concurrency_id="chat",
+                               **private)
         stop_btn.click(None, cancels=[send, submit])
         clear_btn.click(lambda: ([], [], ""), None, [chat_orig, chat_pruned, chat_status], api_name="clear")
     return demo

@@ -7,7 +7,7 @@ every ratio afterwards is arithmetic. Definitions (also in the README and model 
   active params     language-model parameters used for one token: everything in the text model
                     except the experts, plus top_k experts per MoE layer (router rows all count,
                     embeddings count; vision/audio towers do not)
-  size              total params x 2 bytes (BF16 safetensors), the format the checkpoints ship in
+  size              total params x bytes per parameter of the checkpoint's dtype (BF16 for Gemma 4)
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ import torch
 from .adapters import MoEAdapter, find_adapter, get_by_path
 from .plan import check_ratio, experts_to_prune
 
-BYTES_PER_PARAM = {"BF16": 2, "F32": 4}
+BYTES_PER_PARAM = {"BF16": 2, "F16": 2, "F32": 4}
+_FORMATS = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+def checkpoint_format(config: Any) -> str:
+    """The dtype the checkpoint is stored in (config.json's dtype), which an export keeps."""
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "bfloat16")
+    return _FORMATS.get(dtype.replace("torch.", ""), "BF16")
 
 
 @dataclass(frozen=True)

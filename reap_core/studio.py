@@ -15,7 +15,8 @@ from .calibration import CalibrationSet
 from .model import LoadedModel, load_model
 from .observer import observe
 from .plan import PruningPlan
-from .sizing import ParamCounts, count_params, human_bytes, human_count, size_at, sizes_for_ratio
+from .sizing import (ParamCounts, checkpoint_format, count_params, human_bytes, human_count, size_at,
+                     sizes_for_ratio)
 from .stats import ExpertStats
 
 
@@ -25,7 +26,7 @@ class ModelCache:
     def __init__(self, max_models: int = 1):
         self.max_models = max_models
         self._models: dict[str, LoadedModel] = {}
-        self._counts: dict[str, ParamCounts] = {}
+        self._counts: dict[str, tuple[ParamCounts, str]] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
@@ -44,9 +45,11 @@ class ModelCache:
                 self._models[key] = loaded
             return loaded
 
-    def counts(self, loaded: LoadedModel) -> ParamCounts:
+    def counts(self, loaded: LoadedModel) -> tuple[ParamCounts, str]:
+        """(parameter counts, checkpoint format) — counted once per model."""
         if loaded.model_id not in self._counts:
-            self._counts[loaded.model_id] = count_params(loaded.config, loaded.adapter)
+            self._counts[loaded.model_id] = (count_params(loaded.config, loaded.adapter),
+                                             checkpoint_format(loaded.config))
         return self._counts[loaded.model_id]
 
 
@@ -77,8 +80,8 @@ class ModelCard:
         return f"| {k0} | {v0} |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rest)
 
 
-def model_card(loaded: LoadedModel, counts: ParamCounts) -> ModelCard:
-    size = size_at(counts, counts.num_experts)
+def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> ModelCard:
+    size = size_at(counts, counts.num_experts, fmt)
     text = loaded.adapter.text_config(loaded.config)
     arch = ", ".join(getattr(loaded.config, "architectures", None) or [type(loaded.model).__name__])
     return ModelCard([
@@ -91,12 +94,13 @@ def model_card(loaded: LoadedModel, counts: ParamCounts) -> ModelCard:
         ("Active parameters / token", human_count(size.active_params)),
         ("dtype · device", f"{str(loaded.dtype).replace('torch.', '')} · {loaded.device}"),
         ("Memory (weights)", human_bytes(loaded.memory_bytes())),
+        ("Checkpoint", f"{fmt} safetensors, {human_bytes(size.bytes)}"),
     ])
 
 
-def compression_table(counts: ParamCounts, ratio: float) -> str:
+def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> str:
     """Markdown: Original vs Pruned, like a model card's table. InvalidPlan for a bad ratio."""
-    original, pruned = sizes_for_ratio(counts, ratio)
+    original, pruned = sizes_for_ratio(counts, ratio, fmt)
     lines = [f"| | Original | Pruned ({ratio:.0%}) |", "|---|---:|---:|"]
     for (k, a), b in zip(original.as_row().items(), pruned.as_row().values()):
         lines.append(f"| {k} | {a} | **{b}** |" if a != b else f"| {k} | {a} | {b} |")

@@ -20,7 +20,8 @@ def _layer_labels(stats: ExpertStats) -> list[str]:
 
 def saliency_heatmap(stats: ExpertStats, scores: np.ndarray, criterion: str, plan: PruningPlan | None = None,
                      sort_experts: bool = False, category: str | None = None) -> go.Figure:
-    """Layers x experts, colour = score / the layer's best score (layers have different scales).
+    """Layers x experts, colour = the score's place between the layer's lowest and highest
+    (layers have different scales, and most criteria crowd near the top of their range).
 
     With sort_experts each row is ordered by score (x = rank), which makes the cut line of a
     ratio visible as a vertical edge; hover always names the real expert id.
@@ -30,16 +31,17 @@ def saliency_heatmap(stats: ExpertStats, scores: np.ndarray, criterion: str, pla
     freq, gsum = stats.total("count", cats), stats.total("gated_norm_sum", cats)
     reap = np.divide(gsum, freq, out=np.zeros_like(gsum), where=freq > 0)
     act = stats.total("act_max", cats)
-    row_max = np.maximum(np.abs(scores).max(axis=1, keepdims=True), 1e-30)
-    rel = scores / row_max
+    lo, hi = scores.min(axis=1, keepdims=True), scores.max(axis=1, keepdims=True)
+    rel = (scores - lo) / np.maximum(hi - lo, 1e-30)
     order = np.argsort(-scores, axis=1, kind="stable") if sort_experts else np.tile(np.arange(E), (L, 1))
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     expert_ids = order
-    custom = np.stack([expert_ids, take(scores), take(freq), take(reap), take(act)], axis=-1)
+    # float32 halves what every slider move sends to the browser
+    custom = np.stack([expert_ids, take(scores), take(freq), take(reap), take(act)], axis=-1).astype(np.float32)
     label = get_criterion(criterion).label
     fig = go.Figure(go.Heatmap(
         z=take(rel), x=list(range(E)), y=_layer_labels(stats), colorscale=_HEAT, zmin=0, zmax=1,
-        customdata=custom, colorbar=dict(title="score / layer max", thickness=12),
+        customdata=custom, colorbar=dict(title="layer min → max", thickness=12),
         hovertemplate=("layer %{y} · expert %{customdata[0]}<br>" + label + ": %{customdata[1]:.4g}"
                        "<br>routed tokens: %{customdata[2]:.0f}<br>REAP: %{customdata[3]:.4g}"
                        "<br>max |activation|: %{customdata[4]:.3g}<extra></extra>")))
@@ -50,11 +52,12 @@ def saliency_heatmap(stats: ExpertStats, scores: np.ndarray, criterion: str, pla
         fig.add_trace(go.Scatter(
             x=pos[rows, cols], y=[f"L{stats.layer_indices[r]}" for r in rows], mode="markers",
             marker=dict(symbol="x-thin", size=7, line=dict(width=1.5, color="rgba(255,60,60,0.95)")),
-            name=f"pruned ({plan.num_pruned}/layer)", hoverinfo="skip"))
+            name=f"pruned ({plan.num_pruned} per layer)", hoverinfo="skip", showlegend=True))
     where = f" — category {category}" if category else ""
     fig.update_layout(
         title=f"{label} saliency{where}" + (" (each layer sorted by score)" if sort_experts else ""),
         xaxis_title="expert rank in layer" if sort_experts else "expert id", yaxis_title="layer",
+        xaxis=dict(range=[-0.5, E - 0.5]),
         yaxis=dict(autorange="reversed"), height=max(320, 18 * L + 140), margin=dict(l=50, r=20, t=50, b=40),
         legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     return fig
@@ -81,8 +84,9 @@ def criteria_agreement(stats: ExpertStats, plan_a: PruningPlan, plan_b: PruningP
     la, lb = get_criterion(plan_a.criterion).label, get_criterion(plan_b.criterion).label
     fig = go.Figure(go.Bar(x=_layer_labels(stats), y=same, name="pruned by both",
                            hovertemplate="%{x}: %{y} of " + str(n) + " pruned experts in common<extra></extra>"))
-    fig.add_hline(y=n, line_dash="dot", annotation_text=f"all {n}", line_color="gray")
-    fig.add_hline(y=chance, line_dash="dash", annotation_text=f"chance ≈ {chance:.1f}", line_color="firebrick")
+    fig.add_hline(y=n, line_dash="dot", annotation_text=f"all {n}", line_color="gray", annotation_position="top left")
+    fig.add_hline(y=chance, line_dash="dash", annotation_text=f"chance ≈ {chance:.1f}", line_color="firebrick",
+                  annotation_position="top left")
     mean = float(np.mean(same)) if same else 0.0
     fig.update_layout(title=f"{la} vs {lb}: {mean:.1f} of {n} pruned experts in common per layer (mean)",
                       yaxis_title="experts pruned by both", yaxis=dict(range=[0, max(n, 1) * 1.08]),

@@ -1,0 +1,317 @@
+"""End to end through the app's HTTP API (gradio_client), on the bundled model, with `python app.py`
+started once for this module as a real subprocess.
+
+Nothing here depends on answer quality (the bundled model may be an interim, half-trained one):
+we check that every step answers, that user mistakes come back as a ⚠️ status instead of an
+exception, that the session keeps working after each mistake, that greedy answers are
+reproducible, and that two sessions at different ratios chatting at the same time do not see
+each other's mask.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app_server import running_app  # noqa: E402  (tests/ is on sys.path via conftest / rootdir)
+
+BUNDLED = "toy-gemma4-moe"
+TOY_CATEGORIES = ["toy-math", "toy-code"]
+SAMPLES, MAX_TOKENS = 2, 64         # tiny calibration: a second on CPU
+CHAT_TOKENS = 24
+ALL = "all categories"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app():
+    with running_app(timeout=120) as a:
+        yield a
+
+
+def new_client(app) -> Client:
+    return Client(app.url, verbose=False)
+
+
+def load(client: Client, model_id: str = BUNDLED):
+    card, _categories, _image = client.predict(model_id, api_name="/load_model")
+    return card
+
+
+def calibrate(client: Client, categories=TOY_CATEGORIES, upload=None, samples=SAMPLES):
+    status, stats_file = client.predict(categories, samples, "", upload, MAX_TOKENS, api_name="/calibrate")
+    if isinstance(stats_file, dict):  # a gr.update(value=..., visible=True)
+        stats_file = stats_file.get("value")
+    return status, stats_file
+
+
+def view(client: Client, ratio: float, criterion: str = "reap"):
+    return client.predict(criterion, ratio, False, False, ALL, api_name="/view")
+
+
+def prune(client: Client, ratio: float, criterion: str = "reap", protect: bool = False) -> str:
+    status, _pruned_pane = client.predict(criterion, ratio, protect, ALL, api_name="/prune")
+    return status
+
+
+def chat(client: Client, message: str = "What is 2 + 3?", max_new_tokens: int = CHAT_TOKENS):
+    """(original pane, pruned pane, status) after one greedy turn on an empty conversation."""
+    orig, pruned, status, _prompt_box = client.predict(message, None, [], [], 0.0, 0.95, max_new_tokens, False,
+                                                       api_name="/chat")
+    return orig, pruned, status
+
+
+def text_of(message: dict) -> str:
+    """Chatbot message content as text (Gradio 6 sends a list of typed parts)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return ""
+
+
+def shape_of(data) -> tuple[int, ...]:
+    """Shape of a Plotly array, plain JSON lists or Plotly 6's {'bdata', 'dtype', 'shape'}."""
+    if isinstance(data, dict) and "bdata" in data:
+        import base64
+
+        import numpy as np
+
+        if data.get("shape"):
+            return tuple(int(n) for n in str(data["shape"]).split(","))
+        return (len(np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])),)
+    if isinstance(data, list):
+        return (len(data),) + (shape_of(data[0])[0:] if data and isinstance(data[0], list) else ())
+    return ()
+
+
+def answers(result) -> tuple[str, str]:
+    """The final assistant answer of each pane (not the folded reasoning)."""
+    orig, pruned, _ = result
+    last = lambda pane: text_of([m for m in pane if m["role"] == "assistant"][-1])  # noqa: E731
+    return last(orig), last(pruned)
+
+
+def assert_warning(status: str, *needles: str) -> None:
+    assert isinstance(status, str) and status.startswith("⚠️"), f"expected a ⚠️ status, got {status!r}"
+    for needle in needles:
+        assert needle.lower() in status.lower(), f"{needle!r} not in {status!r}"
+
+
+def assert_ok(status: str) -> None:
+    assert isinstance(status, str) and status.startswith("✅"), f"expected a ✅ status, got {status!r}"
+
+
+@pytest.fixture(scope="module")
+def pruned_client(app):
+    """A session that went through load -> calibrate -> prune(0.5)."""
+    c = new_client(app)
+    load(c)
+    assert_ok(calibrate(c)[0])
+    assert_ok(prune(c, 0.5))
+    return c
+
+
+# --- the whole flow --------------------------------------------------------------------------
+
+def test_full_flow(app):
+    c = new_client(app)
+
+    card, categories, _image = c.predict(BUNDLED, api_name="/load_model")
+    assert BUNDLED in card and "Experts per layer" in card
+    chosen = categories["value"] if isinstance(categories, dict) else categories
+    assert set(chosen) >= set(TOY_CATEGORIES), "the bundled model should preselect the toy categories"
+
+    status, stats_file = calibrate(c)
+    assert_ok(status)
+    assert "tokens" in status and "toy-math" in status and "toy-code" in status
+    assert stats_file and str(stats_file).endswith(".npz")
+
+    fig, table, category, _notice = view(c, 0.5)
+    assert fig and fig.get("type") == "plotly"
+    plot = json.loads(fig["plot"])
+    heat = plot["data"][0]
+    assert heat["type"] == "heatmap"
+    assert shape_of(heat["z"]) == (4, 32)   # bundled model: 4 MoE layers x 32 experts
+    pruned_marks = [t for t in plot["data"][1:] if t.get("type") == "scatter"]
+    assert pruned_marks and shape_of(pruned_marks[0]["x"]) == (4 * 16,), "ratio 0.5 marks 16 pruned experts per layer"
+    assert "Pruned (50%)" in table and "**16**" in table
+    cat_choices = [ch[0] if isinstance(ch, (list, tuple)) else ch for ch in category.get("choices", [])]
+    assert set(cat_choices) >= {ALL, *TOY_CATEGORIES}
+
+    status = prune(c, 0.5)
+    assert_ok(status)
+    assert "16 of 32" in status
+
+    t0 = time.perf_counter()
+    result = chat(c)
+    elapsed = time.perf_counter() - t0
+    orig, pruned, chat_status = result
+    assert chat_status == ""
+    for pane in (orig, pruned):
+        roles = [m["role"] for m in pane]
+        assert roles[0] == "user" and text_of(pane[0]) == "What is 2 + 3?"
+        assert roles[-1] == "assistant"
+    a_orig, a_pruned = answers(result)
+    assert a_orig.strip() and a_orig != "…", "original pane gave no answer"
+    assert a_pruned.strip() and a_pruned != "…", "pruned pane gave no answer"
+    assert elapsed < 60, f"one {CHAT_TOKENS}-token turn took {elapsed:.1f} s"
+
+    # greedy: the same question again gives the same two answers
+    assert answers(chat(c)) == (a_orig, a_pruned)
+
+
+def test_second_session_reuses_cached_statistics(app, pruned_client):
+    c = new_client(app)
+    load(c)
+    status, _ = calibrate(c)
+    assert_ok(status)
+    assert "cache" in status.lower(), f"same model + same data should come from the statistics cache: {status}"
+
+
+# --- user mistakes: a ⚠️ message, and the session keeps working --------------------------------
+
+def test_unknown_model_id_fails_fast_then_loads(app):
+    c = new_client(app)
+    t0 = time.perf_counter()
+    card = load(c, "no-such-org/no-such-model")
+    elapsed = time.perf_counter() - t0
+    assert_warning(card, "no-such-org/no-such-model")
+    assert elapsed < 20, f"an unknown id offline must fail fast, took {elapsed:.1f} s"
+    assert "Experts per layer" in load(c), "the bundled model must still load after a failed load"
+    assert_ok(calibrate(c)[0])
+
+
+def test_local_non_moe_model_is_refused(app, tmp_path):
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "tiny-llama"
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=128).save_pretrained(folder)
+    c = new_client(app)
+    card = load(c, str(folder))
+    assert_warning(card)
+    assert "llama" in card.lower() or "moe" in card.lower() or "support" in card.lower(), card
+    assert "Experts per layer" in load(c)
+
+
+def test_failed_load_keeps_previous_work(app):
+    """DESIGN: errors never lose work already done. A typo in the model box must not wipe the
+    statistics and pruned view of the model already loaded."""
+    c = new_client(app)
+    load(c)
+    assert_ok(calibrate(c)[0])
+    assert_ok(prune(c, 0.25))
+    assert_warning(load(c, "no-such-org/no-such-model"))
+    orig, pruned, status = chat(c, max_new_tokens=16)
+    assert not status.startswith("⚠️"), status
+    assert answers((orig, pruned, status))[1].strip()
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("", "no samples"),
+    ('{"text": "fine"}\n{this is not json\n', "not valid json"),
+    ('{"neither": "text nor messages"}\n', "text"),
+], ids=["empty", "malformed-json", "wrong-fields"])
+def test_bad_calibration_upload(app, tmp_path, content, needle):
+    c = new_client(app)
+    load(c)
+    bad = tmp_path / "calib.jsonl"
+    bad.write_text(content)
+    status, stats_file = calibrate(c, upload=handle_file(str(bad)))
+    assert_warning(status, needle)
+    assert not stats_file
+    assert_ok(calibrate(c)[0])   # the built-in categories still work in the same session
+
+
+def test_calibrate_with_nothing_chosen(app):
+    c = new_client(app)
+    load(c)
+    assert_warning(calibrate(c, categories=[])[0], "category")
+    assert_ok(calibrate(c)[0])
+
+
+def test_steps_out_of_order(app):
+    c = new_client(app)
+    assert_warning(calibrate(c)[0], "load a model")
+    assert_warning(view(c, 0.5)[1], "load a model")
+    assert_warning(prune(c, 0.5), "calibration")
+    assert_warning(chat(c)[2], "load a model")
+    load(c)
+    assert_warning(view(c, 0.5)[1], "calibration")
+    assert_ok(calibrate(c)[0])
+    orig, pruned, status = chat(c)
+    assert_warning(status, "prune first")
+    assert orig == [] and pruned == [], "a refused chat must not add the message to the panes"
+    assert_ok(prune(c, 0.5))
+    assert answers(chat(c))[1].strip()
+
+
+def test_empty_message(pruned_client):
+    orig, pruned, status = chat(pruned_client, message="   ")
+    assert orig == [] and pruned == [] and status
+
+
+def test_ratio_limits(pruned_client):
+    """Toy model: 32 experts, top-4. 0.9 prunes floor(28.8) = 28 and keeps exactly 4 = top-k: allowed.
+    0.95 (still on the slider) would keep 2: a clear message in the table and on Prune."""
+    status = prune(pruned_client, 0.9)
+    assert_ok(status)
+    assert "28 of 32" in status and "4 kept" in status
+    assert "**4**" in view(pruned_client, 0.9)[1]
+    assert_warning(view(pruned_client, 0.95)[1], "fewer than the 4")
+    assert_warning(prune(pruned_client, 0.95), "fewer than the 4")
+    assert_ok(prune(pruned_client, 0.5))        # the session still works
+    assert answers(chat(pruned_client, max_new_tokens=16))[1].strip()
+
+
+# --- two sessions at once --------------------------------------------------------------------
+
+def test_two_sessions_at_different_ratios_chat_concurrently(app):
+    ratios = (0.25, 0.75)
+    clients = [new_client(app) for _ in ratios]
+    for c, r in zip(clients, ratios):
+        load(c)
+        assert_ok(calibrate(c)[0])
+        assert_ok(prune(c, r))
+    question = "Translate to French: the red house"
+    tokens = 48                     # long enough for the two turns to overlap in time
+    alone = [answers(chat(c, question, tokens)) for c in clients]
+    assert alone[0][0] == alone[1][0], "the original pane must not depend on the session's ratio"
+
+    together: list = [None, None]
+    spans: list = [None, None]
+    errors: list = []
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        try:
+            barrier.wait(timeout=30)
+            t0 = time.perf_counter()
+            together[i] = answers(chat(clients[i], question, tokens))
+            spans[i] = (t0, time.perf_counter())
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    (s0, e0), (s1, e1) = spans
+    overlap = min(e0, e1) - max(s0, s1)
+    assert overlap > 0, "the two chats ran one after the other (chat concurrency_limit < 2?)"
+    assert together == alone, "a session's answers changed while another session chatted at another ratio"
+    if alone[0][1] == alone[1][1]:
+        pytest.skip("ratios 0.25 and 0.75 gave the same pruned answer: this run could not have detected a mask leak")
