@@ -23,12 +23,12 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 def cmd_info(args) -> None:
     from .adapters import find_adapter
     from .model import load_config
-    from .sizing import count_params, size_at
+    from .sizing import checkpoint_format, count_params, size_at
 
     config = load_config(args.model, trust_remote_code=args.trust_remote_code)
     adapter = find_adapter(config)
     counts = count_params(config, adapter)
-    size = size_at(counts, counts.num_experts)
+    size = size_at(counts, counts.num_experts, checkpoint_format(config))
     text = adapter.text_config(config)
     print(f"model            {args.model}")
     print(f"family           {adapter.layout.family} ({', '.join(config.architectures or ['?'])})")
@@ -42,11 +42,11 @@ def cmd_info(args) -> None:
 def cmd_plan(args) -> None:
     from .adapters import find_adapter
     from .model import load_config
-    from .sizing import count_params, sizes_for_ratio
+    from .sizing import checkpoint_format, count_params, sizes_for_ratio
 
     config = load_config(args.model, trust_remote_code=args.trust_remote_code)
     counts = count_params(config, find_adapter(config))
-    original, pruned = sizes_for_ratio(counts, args.ratio)
+    original, pruned = sizes_for_ratio(counts, args.ratio, checkpoint_format(config))
     rows = [("", "Original", f"Pruned ({args.ratio:g})")]
     for (k, a), b in zip(original.as_row().items(), pruned.as_row().values()):
         rows.append((k, a, b))
@@ -121,6 +121,67 @@ def cmd_eval(args) -> None:
     print(result.format_table())
 
 
+def _progress_bar(desc: str):
+    """A progress(fraction, message) callback drawing a tqdm bar on stderr from its first call
+    (an early error prints no empty bar); call .close() at the end."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def progress(fraction: float, message: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}"))
+        bars[0].n = int(1000 * min(max(fraction, 0.0), 1.0))
+        bars[0].set_postfix_str(message[:70])
+        bars[0].refresh()
+
+    progress.close = lambda: bars and bars[0].close()
+    return progress
+
+
+def cmd_export(args) -> None:
+    from .export import export_pruned, has_safetensors, source_folder
+    from .model import load_model
+    from .plan import make_plan
+    from .sizing import human_bytes
+    from .stats import ExpertStats
+
+    stats = ExpertStats.load(args.stats)
+    plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
+                     seed=args.seed)  # validate before reading gigabytes
+    streaming = args.streaming
+    if streaming is None:
+        streaming = has_safetensors(source_folder(args.model, download=False)) or None
+    loaded = None
+    if streaming is False or args.verify:
+        print(f"loading {args.model} ({'to slice in memory' if streaming is False else 'to verify the export'})")
+        loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+    progress = _progress_bar("export")
+    try:
+        result = export_pruned(loaded if streaming is False else args.model, plan, stats, args.out, loaded=loaded,
+                               streaming=streaming, verify=args.verify, repo_id=args.repo,
+                               max_shard_bytes=int(args.max_shard_gb * 1e9), progress=progress)
+    finally:
+        progress.close()
+    check = (f"max |delta logits| vs the masked original {result.max_abs_diff:.2e} "
+             f"(tolerance {result.tolerance:.1e})" if result.max_abs_diff is not None else "not verified (--no-verify)")
+    print(f"pruned {plan.num_pruned} of {plan.num_experts} experts per layer with '{plan.criterion}' "
+          f"({plan.num_kept} kept), {'streaming' if result.streaming else 'in memory'}; {check}")
+    print(f"wrote {len(result.files)} files, {human_bytes(result.bytes)}, in {result.seconds:.1f} s to {result.path}")
+
+
+def cmd_push(args) -> None:
+    from .hub import push_folder
+
+    progress = _progress_bar("push")
+    try:
+        url = push_folder(args.folder, args.repo, token=None, private=args.private, progress=progress)
+    finally:
+        progress.close()
+    print(f"pushed {args.folder} to {url}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .model import BUNDLED_MODEL
     from .saliency import criterion_names
@@ -166,6 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="reap", choices=criterion_names())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto")
+    p = add("export", cmd_export, "prune with saved statistics and write a complete, verified folder to publish")
+    p.add_argument("--stats", required=True, help="statistics file from 'calibrate'")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
+    p.add_argument("--criterion", default="reap", choices=criterion_names())
+    p.add_argument("--protect-super-experts", action="store_true", help="never prune experts with outlier activations")
+    p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
+    p.add_argument("--out", required=True, help="output folder (replaced only once the new export is complete)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
+                      help="slice the source safetensors files shard by shard, ~constant memory "
+                           "(default when the model is a local folder or Hub snapshot with safetensors)")
+    mode.add_argument("--in-memory", dest="streaming", action="store_const", const=False,
+                      help="load the model and slice it in memory (small models)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip reloading the export and comparing logits (verification loads the model: "
+                        "as much memory as the model itself)")
+    p.add_argument("--repo", help="Hub repo id the card's usage examples name (default: the folder name)")
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest weight shard to write, in GB")
+    p.add_argument("--dtype", default="auto", help="dtype to load the model in (verification / --in-memory)")
+
+    p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",
+                       description="upload an exported folder to the Hugging Face Hub, with the token saved by "
+                                   "`hf auth login` (or HF_TOKEN)")
+    p.set_defaults(fn=cmd_push)
+    p.add_argument("--folder", required=True, help="folder written by 'export'")
+    p.add_argument("--repo", required=True, help="user/name (or just name: your account is used)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
     return parser
 
 

@@ -2,19 +2,20 @@
 
 Slicing keeps the plan's experts (ascending ids) in router rows, per-expert scales and the fused
 expert tensors of every MoE layer, then updates the expert counters in the modules and config.
-The folder is written to a temporary sibling and renamed at the end, so an interrupted save
-never leaves a half model under the final name nor touches an earlier one.
+The folder is written to a temporary sibling and renamed at the end (reap_core.atomic), so an
+interrupted save never leaves a half model under the final name nor touches an earlier one.
+reap_core.export writes the complete, verified folder for publishing (streaming or in memory).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_folder
 from .masking import check_plan_fits
 from .model import LoadedModel
 from .plan import PruningPlan
@@ -52,24 +53,13 @@ def scores_document(stats: ExpertStats, plan: PruningPlan) -> dict:
 def save_pruned(loaded: LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path,
                 in_place: bool = False) -> Path:
     """Slice (a copy of, unless in_place) the model and save a complete folder at `out_dir`."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     target = loaded if in_place else LoadedModel(**{**loaded.__dict__, "model": copy.deepcopy(loaded.model)})
     slice_model(target, plan)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_folder(out_dir) as tmp:
         target.model.save_pretrained(tmp)
         for files in (loaded.processor, loaded.tokenizer):
             if files is not None:
                 files.save_pretrained(tmp)
         (tmp / SCORES_FILE).write_text(json.dumps(scores_document(stats, plan), indent=1))
         (tmp / PLAN_FILE).write_text(plan.to_json())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)

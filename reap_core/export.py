@@ -1,0 +1,360 @@
+"""Stage 7 — export: a PruningPlan + the source model in, a complete, verified, self-describing folder out.
+
+Two paths, one set of files:
+  streaming  reads the source checkpoint's safetensors files (local folder or Hub snapshot) and
+             writes sliced shards a piece at a time: memory stays a few chunks, whatever the model
+             size (a 52 GB Gemma 4 exports on a laptop). The default whenever the files exist.
+  in-memory  slices the tensors of a model already loaded (small models, or a model built in code).
+Both feed one shard writer (reap_core.shards), so the same plan gives byte-identical weight files.
+
+The folder: sliced safetensors shards + index, config.json with only `num_experts` changed, the
+source's generation config, tokenizer, processor and chat template files, README.md (model card),
+reap_recipe.json, reap_scores.json, reap_plan.json, reap_stats.npz and reap_saliency.png.
+
+Before the folder is published it is verified: reloaded with the Auto classes, its logits on
+probe prompts must match the original model with the pruned experts masked out of the router.
+Everything is written to a temporary sibling and renamed at the end (reap_core.atomic): a failed
+or interrupted export leaves nothing under the final name and never touches an earlier export.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .adapters import MoEAdapter, find_adapter
+from .atomic import atomic_folder
+from .card import (CARD_FILE, HEATMAP_FILE, RECIPE_FILE, STATS_FILE, CardInputs, build_recipe,
+                   render_card)
+from .errors import ReapError
+from .heatmap_png import heatmap_png
+from .model import LoadedModel, load_model, resolve_model_path
+from .plan import PruningPlan
+from .prune import PLAN_FILE, SCORES_FILE, scores_document
+from .saliency import compute_scores
+from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, TensorSource, read_header,
+                     write_checkpoint)
+from .stats import ExpertStats
+
+Progress = Callable[[float, str], None]
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+PROBE_PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ", "Q: What is 17 + 25?\nA:",
+                 "Mixture-of-experts models route each token to")
+# max |Δ logits| allowed, relative to max(1, max |logit|): masking and slicing differ only in
+# floating-point summation order (measured ~1e-6 in float32).
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+# Files of the source folder never copied: weights in any format (they would be unpruned), and
+# files the export writes itself.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".onnx_data",
+                   ".gguf", ".npz", ".pkl")
+REWRITTEN = {"config.json", INDEX_FILE, "pytorch_model.bin.index.json", CARD_FILE, ".gitattributes",
+             SCORES_FILE, PLAN_FILE, RECIPE_FILE, HEATMAP_FILE, STATS_FILE}
+_HUB_CACHE_PATH = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
+
+
+class ExportError(ReapError):
+    """The export cannot be done, or its result did not match the original (nothing was published)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    files: list[str]
+    max_abs_diff: float | None       # None: not verified
+    tolerance: float | None
+    seconds: float
+    bytes: int
+    streaming: bool
+    verification: dict = field(default_factory=dict)
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+def _is_hub_id(path: str) -> bool:
+    return not Path(path).exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def source_folder(model_id: str, token: str | None = None, download: bool = False) -> Path | None:
+    """The folder holding a model's files: a local folder, or its Hub snapshot (cached, or
+    downloaded when `download`). None if there is none."""
+    path = resolve_model_path(model_id)
+    if Path(path).is_dir():
+        return Path(path)
+    if not _is_hub_id(path):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path, token=token, local_files_only=True))
+    except Exception:
+        if not download:
+            return None
+    try:
+        return Path(snapshot_download(path, token=token))
+    except Exception as exc:
+        raise ExportError(f"could not download '{path}' from the Hub: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def has_safetensors(folder: Path | None) -> bool:
+    return folder is not None and ((folder / INDEX_FILE).is_file() or (folder / SINGLE_FILE).is_file())
+
+
+def hub_id_of(model_id: str, folder: Path | None) -> str | None:
+    """The Hub repo a model came from, for the card's base_model (None for a plain local folder)."""
+    if _is_hub_id(model_id):
+        return model_id
+    match = _HUB_CACHE_PATH.search(str(folder or ""))
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def base_license(folder: Path | None) -> str | None:
+    if folder is None or not (folder / CARD_FILE).is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(folder / CARD_FILE).data.license
+    except Exception:
+        return None
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+def expert_slicing(adapter: MoEAdapter, plan: PruningPlan, names: set[str]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """checkpoint key -> (expert axis, kept ids), for every expert tensor of every planned layer."""
+    slicing = {}
+    for row, layer in enumerate(plan.layer_indices):
+        found = {k: axis for k, axis in adapter.checkpoint_expert_keys(layer).items() if k in names}
+        if len(found) != len(adapter.layout.expert_tensors):
+            wanted = ", ".join(n for n, _ in adapter.layout.expert_tensors)
+            raise ExportError(f"layer {layer}: found {len(found)} of the {len(adapter.layout.expert_tensors)} expert "
+                              f"tensors ({wanted}) in the checkpoint; its key names are not the ones this "
+                              f"{adapter.layout.family} adapter knows — refusing to export unpruned weights")
+        slicing.update({k: (axis, tuple(plan.kept[row])) for k, axis in found.items()})
+    return slicing
+
+
+def _check_expert_axes(source: TensorSource, slicing: dict, plan: PruningPlan) -> None:
+    for name, (axis, _) in slicing.items():
+        n = source.source_shapes[name][axis]
+        if n != plan.num_experts:
+            raise ExportError(f"{name} holds {n} experts, but the plan is for {plan.num_experts}: "
+                              f"these statistics / this plan belong to another model")
+
+
+def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under their checkpoint names; tied copies (lm_head = embeddings) left
+    out, as save_pretrained does."""
+    state = model.state_dict()
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    for name, target in (tied.items() if isinstance(tied, dict) else []):
+        if name in state and target in state and state[name].data_ptr() == state[target].data_ptr():
+            del state[name]
+    return state
+
+
+def pruned_config(config: dict, adapter: MoEAdapter, num_kept: int) -> dict:
+    """The source config.json with the expert count changed, and nothing else."""
+    config = copy.deepcopy(config)
+    attr = adapter.layout.text_config_attr
+    target = config[attr] if attr and isinstance(config.get(attr), dict) else config
+    if adapter.layout.num_experts_key not in target:
+        raise ExportError(f"config.json has no '{adapter.layout.num_experts_key}' to update")
+    target[adapter.layout.num_experts_key] = int(num_kept)
+    return config
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Tokenizer, processor, chat template, generation config, licence...: every top-level file of
+    the source folder that is neither weights nor something the export writes itself."""
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name not in REWRITTEN and not f.name.endswith(WEIGHT_SUFFIXES) \
+                and not f.name.startswith("."):
+            shutil.copy2(f, dst / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def _save_side_files(loaded: LoadedModel, dst: Path) -> None:
+    for obj in (loaded.processor, loaded.tokenizer, getattr(loaded.model, "generation_config", None)):
+        if obj is not None:
+            obj.save_pretrained(dst)
+    (dst / "config.json").unlink(missing_ok=True)   # some processors write one; ours comes next
+
+
+# --- verification -----------------------------------------------------------------------------
+
+def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
+                  prompts: tuple[str, ...] = PROBE_PROMPTS) -> dict:
+    """Reload `folder` with the Auto classes and compare its logits with the masked original.
+    Returns {max_abs_diff, tolerance, dtype, prompts}; ExportError above the tolerance."""
+    from transformers import AutoModelForCausalLM
+
+    from .masking import masked_view
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=loaded.dtype, output_loading_info=True)
+    except Exception as exc:
+        raise ExportError(f"the exported folder does not load with transformers: {exc}") from None
+    try:
+        missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
+        if missing or info.get("mismatched_keys"):
+            raise ExportError(f"the export reloads with {len(missing)} missing and "
+                              f"{len(info.get('mismatched_keys') or [])} mismatched weights")
+        if type(model).__name__ != type(loaded.model).__name__:
+            raise ExportError(f"the export reloads as {type(model).__name__}, not {type(loaded.model).__name__}")
+        model.to(loaded.input_device).eval()
+        loaded.adapter.prepare(model)
+        if loaded.adapter.num_experts(model.config) != plan.num_kept:
+            raise ExportError("the reloaded config does not have the pruned expert count")
+        worst, scale = 0.0, 1.0
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(loaded.input_device)
+                with masked_view(loaded, plan):
+                    ref = loaded.model(input_ids=ids).logits.float()
+                out = model(input_ids=ids).logits.float()
+                worst = max(worst, (ref - out).abs().max().item())
+                scale = max(scale, ref.abs().max().item())
+    finally:
+        del model
+        gc.collect()
+    tolerance = TOLERANCE.get(loaded.dtype, 2e-2) * scale
+    result = {"max_abs_diff": worst, "tolerance": tolerance, "dtype": str(loaded.dtype).replace("torch.", ""),
+              "prompts": len(prompts)}
+    if not worst <= tolerance:
+        raise ExportError(f"verification failed: the exported model's logits differ from the masked original by "
+                          f"up to {worst:.3g} (tolerance {tolerance:.2g} in {result['dtype']}); nothing was written")
+    return result
+
+
+# --- the export -------------------------------------------------------------------------------
+
+def _sizes(config: Any, adapter: MoEAdapter, plan: PruningPlan, weight_dtype: str):
+    from .sizing import count_params, size_at
+
+    counts = count_params(config, adapter)
+    fmt = weight_dtype if weight_dtype in ("BF16", "F32") else "BF16"
+    original, pruned = size_at(counts, plan.num_experts, fmt), size_at(counts, plan.num_kept, fmt)
+    if fmt != weight_dtype:
+        original = replace(original, format=f"{weight_dtype} safetensors")
+        pruned = replace(pruned, format=f"{weight_dtype} safetensors")
+    return original, pruned
+
+
+def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path, *,
+                  loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
+                  eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
+                  progress: Progress | None = None) -> ExportResult:
+    """Write the pruned model as a complete folder at `out_dir`.
+
+    source     Hub id / local folder (streaming from its safetensors), or a LoadedModel.
+    loaded     the original model in memory, for verification (defaults to `source` if loaded).
+    streaming  None = streaming whenever the source's safetensors files are on disk (or, for a Hub
+               id, downloadable); False = slice the loaded model in memory.
+    verify     None = verify when a loaded model is at hand; True = always (loads the source if
+               needed: as much memory as the model); False = skip (the card says so).
+    eval_results  optional {task: {column: value}} rendered in the card (see card.eval_table).
+    """
+    start = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    if isinstance(source, LoadedModel):
+        loaded = loaded or source
+        model_id = source.model_id
+    else:
+        model_id = source
+    folder = source_folder(model_id, token=token, download=streaming is not False and not isinstance(source, LoadedModel))
+    if streaming is None:
+        streaming = has_safetensors(folder)
+    if streaming and not has_safetensors(folder):
+        raise ExportError(f"'{model_id}' has no safetensors checkpoint on disk to stream from; "
+                          f"export from the model in memory instead (--in-memory)")
+    if not streaming and loaded is None:
+        report(0.0, f"loading {model_id}")
+        loaded = load_model(model_id, dtype="auto", token=token)
+    if verify and loaded is None:
+        report(0.0, f"loading {model_id} for verification")
+        loaded = load_model(model_id, dtype="auto", token=token)
+    verify = loaded is not None if verify is None else verify
+
+    if folder is not None and (folder / "config.json").is_file():
+        config_dict = json.loads((folder / "config.json").read_text())
+    else:
+        config_dict = json.loads(loaded.config.to_json_string(use_diff=True))
+    if loaded is not None:
+        adapter, config = loaded.adapter, loaded.config
+    else:
+        from .model import load_config
+        config = load_config(str(folder))
+        adapter = find_adapter(config)
+    stats.check_matches(len(plan.layer_indices), plan.num_experts)
+    if adapter.num_experts(config) != plan.num_experts:
+        raise ExportError(f"the plan is for {plan.num_experts} experts per layer, the model has "
+                          f"{adapter.num_experts(config)}")
+
+    if streaming:
+        names = set(json.loads((folder / INDEX_FILE).read_text())["weight_map"]) if (folder / INDEX_FILE).is_file() \
+            else set(read_header(folder / SINGLE_FILE)[0])
+        tensor_source: TensorSource = CheckpointSource(folder, expert_slicing(adapter, plan, names))
+    else:
+        state = export_state_dict(loaded.model)
+        tensor_source = ModelSource(state, expert_slicing(adapter, plan, set(state)))
+    slicing = {e.name: (e.axis, e.kept) for e in tensor_source.entries if e.kept is not None}
+    _check_expert_axes(tensor_source, slicing, plan)
+    weight_dtype = next(e.dtype for e in tensor_source.entries if e.kept is not None)
+
+    out_dir = Path(out_dir).expanduser()
+    with atomic_folder(out_dir) as tmp:
+        write_checkpoint(tmp, tensor_source, max_shard_bytes, lambda f, m: report(0.8 * f, m))
+        _write_json(tmp / "config.json", pruned_config(config_dict, adapter, plan.num_kept))
+        if folder is not None:
+            copy_side_files(folder, tmp)
+        else:
+            _save_side_files(loaded, tmp)
+        verification: dict = {}
+        if verify:
+            report(0.8, "verifying: reloading the export and comparing logits with the masked original")
+            verification = verify_export(tmp, loaded, plan)
+        report(0.95, "writing the model card, recipe, scores and heatmap")
+        base = base_model or hub_id_of(model_id, folder)
+        export_info = {"path": "streaming" if streaming else "in-memory", "weights_dtype": weight_dtype,
+                       "max_shard_bytes": max_shard_bytes, "verification": verification or None}
+        recipe = build_recipe(plan, stats, gate_definition=adapter.layout.gate_definition, base_model=base,
+                              source=model_id, export=export_info)
+        _write_json(tmp / RECIPE_FILE, recipe)
+        (tmp / SCORES_FILE).write_text(json.dumps(scores_document(stats, plan), indent=1))
+        (tmp / PLAN_FILE).write_text(plan.to_json())
+        stats.save(tmp / STATS_FILE)
+        scores = compute_scores(stats, plan.criterion, categories=list(plan.categories) if plan.categories else None,
+                                seed=plan.seed)
+        (tmp / HEATMAP_FILE).write_bytes(heatmap_png(scores, plan.pruned_mask()))
+        original, pruned = _sizes(config, adapter, plan, weight_dtype)
+        is_multimodal = "vision_config" in config_dict and config_dict["vision_config"] is not None
+        inputs = CardInputs(repo_name=repo_id or out_dir.name, family=adapter.layout.family,
+                            pipeline_tag="image-text-to-text" if is_multimodal else "text-generation",
+                            license=base_license(folder), original=original, pruned=pruned,
+                            is_multimodal=is_multimodal, eval_results=eval_results)
+        (tmp / CARD_FILE).write_text(render_card(inputs, recipe))
+        all_files = sorted(p.name for p in tmp.iterdir())
+        total_bytes = sum(p.stat().st_size for p in tmp.iterdir())
+    report(1.0, f"exported to {out_dir}")
+    return ExportResult(path=out_dir, files=all_files, max_abs_diff=verification.get("max_abs_diff"),
+                        tolerance=verification.get("tolerance"), seconds=time.perf_counter() - start,
+                        bytes=total_bytes, streaming=bool(streaming), verification=verification)
