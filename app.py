@@ -22,6 +22,8 @@ from reap_core import toy_tasks
 from reap_core.calibration import TOY_PREFIX, build_calibration, builtin_categories
 from reap_core.chat import GenerationSettings, split_reasoning, stream_variants
 from reap_core.errors import ReapError
+from reap_core.export import export_pruned
+from reap_core.hub import push_folder
 from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
 from reap_core.plan import make_plan
 from reap_core.saliency import CRITERIA, compute_scores
@@ -38,6 +40,7 @@ except ImportError:
         return fn
 
 DEFAULT_MODEL = os.environ.get("REAP_STUDIO_MODEL", BUNDLED_MODEL)
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
 MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL),
                  (f"Gemma 4 26B-A4B — needs a GPU and the Hub ({GEMMA4_26B})", GEMMA4_26B)]
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
@@ -258,6 +261,57 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
         stop.set()
 
 
+# --- 6. export & push ------------------------------------------------------------------------
+
+EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))
+ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
+
+
+def default_export_dir(session: dict) -> str:
+    plan = session.get("plan")
+    name = Path(session.get("model_id") or "model").name
+    return str(EXPORT_ROOT / (f"{name}-reap-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name))
+
+
+@gpu
+def on_export(out_dir: str, session: dict, progress=gr.Progress()):
+    try:
+        loaded = session_model(session)
+        stats, plan = session_stats(session), session.get("plan")
+        if plan is None:
+            raise ReapError("prune first (step 4): the export writes the pruned view you chatted with")
+        out_dir = (out_dir or "").strip() or default_export_dir(session)
+        result = export_pruned(loaded, plan, stats, out_dir,
+                               progress=lambda fraction, message: progress(fraction, desc=message))
+    except ReapError as exc:
+        return fail(exc), session, gr.update()
+    archive = gr.update(visible=False)
+    if result.bytes < ZIP_LIMIT:
+        import shutil
+        zip_path = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="reap-export-")) / result.path.name), "zip",
+                                       result.path)
+        archive = gr.update(value=zip_path, visible=True)
+    check = (f"verified: max |Δlogits| vs the masked view = {result.max_abs_diff:.2e} (tolerance "
+             f"{result.tolerance:.0e})" if result.max_abs_diff is not None else "not verified")
+    return (ok(f"Exported to `{result.path}` — {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
+               f"{result.seconds:.1f} s, {check}."), {**session, "export_dir": str(result.path)}, archive)
+
+
+def on_push(repo_id: str, private: bool, session: dict, oauth_token: gr.OAuthToken | None = None,
+            progress=gr.Progress()):
+    # On a Space the user's OAuth token; locally None -> the token saved by `hf auth login`.
+    token = oauth_token.token if oauth_token is not None else None
+    try:
+        folder = session.get("export_dir")
+        if not folder:
+            raise ReapError("export first: the push uploads the verified export folder")
+        url = push_folder(folder, repo_id, token=token, private=bool(private),
+                          progress=lambda fraction, message: progress(fraction, desc=message))
+    except ReapError as exc:
+        return fail(exc)
+    return ok(f"Pushed to [{url}]({url})")
+
+
 # --- layout ----------------------------------------------------------------------------------
 
 CSS = """
@@ -365,9 +419,24 @@ def build_demo() -> gr.Blocks:
         gr.Examples(toy_examples() + GENERAL_EXAMPLES, inputs=prompt, label="Example prompts (toy model domains first)")
 
         gr.Markdown("## 6 · Export & push")
-        gr.Button("Export pruned checkpoint", interactive=False)
-        gr.Markdown("Export and Hub push are not wired into the app yet (the export engine is in progress); "
-                    "`python -m reap_core prune` writes a pruned, loadable folder today.", elem_classes="muted")
+        gr.Markdown("The export slices the pruned experts out of the checkpoint (shard by shard, so a 52 GB model "
+                    "never has to fit in memory), writes the model card, `reap_scores.json` and a recipe, "
+                    "reloads the result and checks its logits against the pruned view before anything is "
+                    "published.", elem_classes="muted")
+        with gr.Row():
+            export_dir = gr.Textbox(label="Output folder (empty = exports/<model>-reap-<criterion>-<ratio>)", scale=3)
+            export_btn = gr.Button("Export pruned checkpoint", variant="primary", scale=1)
+        export_status = gr.Markdown()
+        export_zip = gr.File(label="Download the exported folder (.zip)", visible=False, interactive=False)
+        with gr.Row():
+            if ON_SPACE:  # Gradio's local LoginButton refuses to start without a saved token: Spaces only
+                gr.LoginButton(scale=1)
+            else:
+                gr.Markdown("Locally the push uses the token saved by `hf auth login`.", elem_classes="muted")
+            repo_name = gr.Textbox(label="Hub repo (user/name, or name for your account)", scale=3)
+            private_repo = gr.Checkbox(True, label="Private", scale=1)
+            push_btn = gr.Button("Push to the Hub", scale=1)
+        push_status = gr.Markdown()
 
         # --- events ---
         view_inputs = [criterion, ratio, protect, sort_experts, category, session]
@@ -412,6 +481,9 @@ def build_demo() -> gr.Blocks:
                                **private)
         stop_btn.click(None, cancels=[send, submit])
         clear_btn.click(lambda: ([], [], ""), None, [chat_orig, chat_pruned, chat_status], api_name="clear")
+        export_btn.click(on_export, [export_dir, session], [export_status, session, export_zip], api_name="export",
+                         concurrency_limit=1, concurrency_id="model")
+        push_btn.click(on_push, [repo_name, private_repo, session], push_status, api_name="push", concurrency_limit=1)
     return demo
 
 

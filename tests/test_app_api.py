@@ -31,8 +31,9 @@ ALL = "all categories"
 # --- helpers ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def app():
-    with running_app(timeout=120) as a:
+def app(tmp_path_factory):
+    # an empty HF_HOME: no saved Hub token, so "not logged in" is what the push must say
+    with running_app(timeout=120, env={"HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}) as a:
         yield a
 
 
@@ -315,3 +316,22 @@ def test_two_sessions_at_different_ratios_chat_concurrently(app):
     assert together == alone, "a session's answers changed while another session chatted at another ratio"
     if alone[0][1] == alone[1][1]:
         pytest.skip("ratios 0.25 and 0.75 gave the same pruned answer: this run could not have detected a mask leak")
+
+
+# --- export & push ---------------------------------------------------------------------------
+
+def test_export_then_push_without_login(app, tmp_path):
+    c = new_client(app)
+    assert_warning(c.predict("repo-name", True, api_name="/push"), "export first")
+    load(c)
+    assert_ok(calibrate(c)[0])
+    status, _zip = c.predict(str(tmp_path / "exp"), api_name="/export")
+    assert_warning(status, "prune first")
+    assert_ok(prune(c, 0.25))
+    status, archive = c.predict(str(tmp_path / "exp"), api_name="/export")
+    assert_ok(status)
+    assert "verified" in status and (tmp_path / "exp" / "config.json").is_file()
+    assert (tmp_path / "exp" / "reap_scores.json").is_file() and (tmp_path / "exp" / "README.md").is_file()
+    assert archive and str(archive.get("value") if isinstance(archive, dict) else archive).endswith(".zip")
+    assert_warning(c.predict("someone/pruned-toy", True, api_name="/push"), "not logged in")
+    assert_warning(c.predict("bad name!", True, api_name="/push"))
