@@ -193,9 +193,9 @@ def on_expert(layer_label, expert, session: dict):
 
 def literal(text: str) -> str:
     """Model text shown verbatim inside a Markdown table: no markup, no HTML, visible newlines."""
-    text = html.escape(text).replace("\n", "⏎")
-    for ch in "|`*_[]#~\\":
-        text = text.replace(ch, f"&#{ord(ch)};")
+    text = html.escape(text, quote=False).replace("\n", "⏎")
+    for ch in "\\|`*_[]#~":
+        text = text.replace(ch, "\\" + ch)
     return text
 
 
