@@ -2,7 +2,7 @@
 
 UI wiring only: every handler is a few lines around one reap_core function; engine errors
 (ReapError) become a short message in the page and the app keeps working. Reads top to bottom
-as the method: 1 model -> 2 calibrate -> 3 saliency -> 4 compression -> 5 chat -> 6 export.
+as the method: 1 model -> 2 calibrate -> 3 saliency -> 4 compression -> 5 chat -> 6 evaluate -> 7 export.
 
     python app.py                       # opens on the bundled model, offline, CPU is fine
     REAP_STUDIO_MODEL=google/gemma-4-26b-a4b-it python app.py   # default model on a GPU box
@@ -22,6 +22,9 @@ from reap_core import toy_tasks
 from reap_core.calibration import TOY_PREFIX, build_calibration, builtin_categories
 from reap_core.chat import GenerationSettings, split_reasoning, stream_variants
 from reap_core.errors import ReapError
+from reap_core.evaluate import (DEFAULT_CRITERIA, METRICS, FidelityCache, build_heldout, calibration_exclusion,
+                                card_eval_results, defaults_for, feasible_ratios, fidelity_figure,
+                                generation_quality, task_accuracy)
 from reap_core.export import export_pruned
 from reap_core.hub import push_folder
 from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
@@ -44,7 +47,7 @@ ON_SPACE = bool(os.environ.get("SPACE_ID"))
 MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL),
                  (f"Gemma 4 26B-A4B — needs a GPU and the Hub ({GEMMA4_26B})", GEMMA4_26B)]
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
-MODELS, STATS = ModelCache(), StatsCache()
+MODELS, STATS, FIDELITY = ModelCache(), StatsCache(), FidelityCache()
 
 
 def new_session() -> dict:
@@ -261,7 +264,62 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
         stop.set()
 
 
-# --- 6. export & push ------------------------------------------------------------------------
+# --- 6. evaluate -------------------------------------------------------------------------------
+
+def on_fidelity(criteria, metric, ratio, session: dict, progress=gr.Progress()):
+    try:
+        loaded, stats = session_model(session), session_stats(session)
+        if not criteria:
+            raise ReapError("choose at least one criterion to sweep")
+        heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
+                                calibration_exclusion(stats, loaded.tokenizer))
+        result, cached = FIDELITY.get_or_run(
+            loaded, stats, heldout, ratios=feasible_ratios(loaded.num_experts, loaded.top_k), criteria=criteria,
+            progress=lambda done, total: progress(done / max(total, 1), desc=f"forward passes {done}/{total}"))
+    except ReapError as exc:
+        return fail(exc), gr.update(), session
+    evals = {**session.get("eval", {}), "fidelity": result}
+    took = "from cache" if cached else f"{result.timing.get('seconds', 0):.1f} s"
+    return (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria on {result.heldout} ({took})")
+            + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), {**session, "eval": evals})
+
+
+def on_fidelity_redraw(metric, ratio, session: dict):
+    result = session.get("eval", {}).get("fidelity")
+    return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
+
+
+def on_quality(kind: str, session: dict, progress):
+    try:
+        loaded, plan = session_model(session), session.get("plan")
+        if plan is None:
+            raise ReapError("prune first (step 4): the evaluation compares the original with the pruned view")
+        report = (generation_quality if kind == "generation" else task_accuracy)(
+            loaded, plan, progress=lambda done, total: progress(done / max(total, 1), desc=f"{done}/{total}"))
+    except ReapError as exc:
+        return fail(exc), session
+    return report.format_table(), {**session, "eval": {**session.get("eval", {}), kind: report}}
+
+
+@gpu
+def on_generation_quality(session: dict, progress=gr.Progress()):
+    return on_quality("generation", session, progress)
+
+
+@gpu
+def on_task_accuracy(session: dict, progress=gr.Progress()):
+    return on_quality("tasks", session, progress)
+
+
+def eval_results_for_card(session: dict) -> dict | None:
+    evals, plan = session.get("eval") or {}, session.get("plan")
+    if not evals or plan is None:
+        return None
+    return card_eval_results(plan, fidelity=evals.get("fidelity"), generation=evals.get("generation"),
+                             tasks=evals.get("tasks"))
+
+
+# --- 7. export & push ------------------------------------------------------------------------
 
 EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
@@ -281,7 +339,7 @@ def on_export(out_dir: str, session: dict, progress=gr.Progress()):
         if plan is None:
             raise ReapError("prune first (step 4): the export writes the pruned view you chatted with")
         out_dir = (out_dir or "").strip() or default_export_dir(session)
-        result = export_pruned(loaded, plan, stats, out_dir,
+        result = export_pruned(loaded, plan, stats, out_dir, eval_results=eval_results_for_card(session),
                                progress=lambda fraction, message: progress(fraction, desc=message))
     except ReapError as exc:
         return fail(exc), session, gr.update()
@@ -418,7 +476,26 @@ def build_demo() -> gr.Blocks:
                 thinking = gr.Checkbox(False, label="Thinking (Gemma 4)")
         gr.Examples(toy_examples() + GENERAL_EXAMPLES, inputs=prompt, label="Example prompts (toy model domains first)")
 
-        gr.Markdown("## 6 · Export & push")
+        gr.Markdown("## 6 · Evaluate — what does pruning cost?")
+        gr.Markdown("**Fidelity**: on held-out prompts (never the calibration samples), how far the pruned model's "
+                    "next-token distribution moves from the original's, for many ratios and criteria at once "
+                    "(masked views: one calibration, no reloads). **Generation quality** and **task accuracy** "
+                    "compare the original with the current prune.", elem_classes="muted")
+        with gr.Row():
+            sweep_criteria = gr.CheckboxGroup(CRITERION_CHOICES, value=list(DEFAULT_CRITERIA),
+                                              label="Criteria to sweep", scale=3)
+            metric = gr.Dropdown([(title, name) for name, (title, _) in METRICS.items()], value="kl",
+                                 label="Metric", scale=1)
+        sweep_btn = gr.Button("Run fidelity sweep", variant="primary")
+        fidelity_plot = gr.Plot(label="Fidelity vs compression ratio (the dotted line is the current ratio)")
+        fidelity_status = gr.Markdown()
+        with gr.Row():
+            quality_btn = gr.Button("Generation quality (current prune)")
+            tasks_btn = gr.Button("Task accuracy (current prune)")
+        quality_table = gr.Markdown()
+        tasks_table = gr.Markdown()
+
+        gr.Markdown("## 7 · Export & push")
         gr.Markdown("The export slices the pruned experts out of the checkpoint (shard by shard, so a 52 GB model "
                     "never has to fit in memory), writes the model card, `reap_scores.json` and a recipe, "
                     "reloads the result and checks its logits against the pruned view before anything is "
@@ -481,6 +558,15 @@ def build_demo() -> gr.Blocks:
                                **private)
         stop_btn.click(None, cancels=[send, submit])
         clear_btn.click(lambda: ([], [], ""), None, [chat_orig, chat_pruned, chat_status], api_name="clear")
+        sweep_btn.click(on_fidelity, [sweep_criteria, metric, ratio, session], [fidelity_status, fidelity_plot, session],
+                        api_name="fidelity", concurrency_limit=1, concurrency_id="model")
+        for control in (metric, ratio):
+            control.change(on_fidelity_redraw, [metric, ratio, session], fidelity_plot, show_progress="hidden",
+                           **private)
+        quality_btn.click(on_generation_quality, session, [quality_table, session],
+                          api_name="generation_quality", concurrency_limit=1, concurrency_id="model")
+        tasks_btn.click(on_task_accuracy, session, [tasks_table, session],
+                        api_name="task_accuracy", concurrency_limit=1, concurrency_id="model")
         export_btn.click(on_export, [export_dir, session], [export_status, session, export_zip], api_name="export",
                          concurrency_limit=1, concurrency_id="model")
         push_btn.click(on_push, [repo_name, private_repo, session], push_status, api_name="push", concurrency_limit=1)

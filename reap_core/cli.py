@@ -98,27 +98,63 @@ def cmd_prune(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    """Task accuracy of the original or a masked prune; with --fidelity a sweep over ratios and
+    criteria, with --generation the generation-quality table (both need --stats)."""
+    import json
+
+    from . import evaluate
     from .masking import masked_view
     from .model import load_model
     from .plan import make_plan
     from .stats import ExpertStats
     from .task_eval import get_suite, run_suite
 
-    try:
-        get_suite(args.suite)  # unknown suite: error before loading the model
-    except ValueError as exc:
-        raise ReapError(str(exc)) from None
+    if args.suite != "auto":
+        try:
+            get_suite(args.suite)  # unknown suite: error before loading the model
+        except ValueError as exc:
+            raise ReapError(str(exc)) from None
+    stats = ExpertStats.load(args.stats) if args.stats else None
+    if (args.fidelity or args.generation) and stats is None:
+        raise ReapError("--fidelity and --generation need --stats (the calibration statistics to prune with)")
     plan = None
-    if args.stats:
-        if args.ratio is None:
-            raise ReapError("--stats needs --ratio (the compression to evaluate)")
-        plan = make_plan(ExpertStats.load(args.stats), args.ratio, args.criterion, seed=args.seed)
+    if args.ratio is not None:
+        if stats is None:
+            raise ReapError("--ratio needs --stats (the calibration statistics to prune with)")
+        plan = make_plan(stats, args.ratio, args.criterion, seed=args.seed)
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    suite = evaluate.defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
+    report: dict = {}
     label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
-    print(f"{args.suite} suite, {args.items_per_domain} items per domain, {label}")
-    with masked_view(loaded, plan):
-        result = run_suite(loaded.model, loaded.tokenizer, args.suite, items_per_domain=args.items_per_domain)
-    print(result.format_table())
+    print(f"{suite} suite, {args.items_per_domain} items per domain, {label}")
+    if plan is not None:
+        tasks = evaluate.task_accuracy(loaded, plan, suite, items_per_domain=args.items_per_domain)
+        print(tasks.format_table())
+        report["tasks"] = tasks.to_dict()
+    else:
+        with masked_view(loaded, None):
+            result = run_suite(loaded.model, loaded.tokenizer, suite, items_per_domain=args.items_per_domain)
+        print(result.format_table())
+        report["tasks"] = result.to_dict()
+    if args.generation:
+        if plan is None:
+            raise ReapError("--generation compares the original with a prune: give --ratio")
+        gen = evaluate.generation_quality(loaded, plan)
+        print("\n" + gen.format_table())
+        report["generation"] = gen.to_dict()
+    if args.fidelity:
+        heldout = evaluate.build_heldout(evaluate.defaults_for(loaded)["heldout"], loaded.tokenizer,
+                                         evaluate.calibration_exclusion(stats, loaded.tokenizer))
+        ratios = [float(r) for r in args.sweep_ratios.split(",")] if args.sweep_ratios else \
+            evaluate.feasible_ratios(loaded.num_experts, loaded.top_k)
+        result = evaluate.run_fidelity_sweep(loaded, stats, heldout, ratios, args.sweep_criteria.split(","))
+        for metric in evaluate.METRICS:
+            print("\n" + result.format_table(metric))
+        report["fidelity"] = result.to_dict()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        print(f"results written to {args.json}")
 
 
 def _progress_bar(desc: str):
@@ -220,10 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="auto")
     p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
-    p.add_argument("--suite", default="toy", help="evaluation suite (toy: the bundled model's domains)")
+    p.add_argument("--suite", default="auto",
+                   help="task suite: auto (toy for the bundled model, gemma4-bench otherwise), toy, gemma4-bench")
     p.add_argument("--items-per-domain", type=int, default=40)
     p.add_argument("--stats", help="statistics file: evaluate the model pruned with these statistics")
     p.add_argument("--ratio", type=float, help="compression ratio to evaluate (with --stats)")
+    p.add_argument("--fidelity", action="store_true", help="sweep ratios x criteria: KL, top-1 agreement, PPL ratio")
+    p.add_argument("--sweep-ratios", help="comma-separated ratios (default 0 to 0.8 by 0.1, as far as top-k allows)")
+    p.add_argument("--sweep-criteria", default="reap,frequency,ean_sum,random")
+    p.add_argument("--generation", action="store_true", help="generation quality: length, loop and collapse rates")
+    p.add_argument("--json", help="write all results to this JSON file")
     p.add_argument("--criterion", default="reap", choices=criterion_names())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto")

@@ -335,3 +335,28 @@ def test_export_then_push_without_login(app, tmp_path):
     assert archive and str(archive.get("value") if isinstance(archive, dict) else archive).endswith(".zip")
     assert_warning(c.predict("someone/pruned-toy", True, api_name="/push"), "not logged in")
     assert_warning(c.predict("bad name!", True, api_name="/push"))
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+def test_evaluate_step(app, tmp_path):
+    c = new_client(app)
+    status, _plot, *_ = (lambda r: r if isinstance(r, tuple) else (r,))(
+        c.predict(["reap", "random"], "kl", 0.25, api_name="/fidelity"))
+    assert_warning(status, "load a model first")
+    load(c)
+    assert_ok(calibrate(c)[0])
+    status, plot = c.predict(["reap", "random"], "kl", 0.25, api_name="/fidelity")
+    assert_ok(status)
+    assert "| Ratio |" in status and plot and plot.get("type") == "plotly"
+    assert_warning(c.predict(api_name="/generation_quality"), "prune first")
+    assert_ok(prune(c, 0.5))
+    table = c.predict(api_name="/generation_quality")
+    assert "Loop" in table and "Collapse" in table
+    table = c.predict(api_name="/task_accuracy")
+    assert "toy" in table.lower() or "math" in table
+    # the results flow into the exported model card
+    status, _ = c.predict(str(tmp_path / "exp"), api_name="/export")
+    assert_ok(status)
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "KL" in card
