@@ -3,7 +3,7 @@
 Flow (one module per stage, data objects between them):
   model.load_model -> calibration.build_calibration -> observer.observe (ExpertStats)
   -> saliency.compute_scores -> plan.make_plan (PruningPlan)
-  -> masking.masked_view (chat/eval) | prune.save_pruned (checkpoint)
+  -> masking.masked_view (chat.stream_variants, evaluate.*) | export.export_pruned -> hub.push_folder
 """
 
 __version__ = "0.1.0"

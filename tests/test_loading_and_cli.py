@@ -99,3 +99,19 @@ def test_cli_errors_are_one_clear_line(args, message, tiny_dir):
     lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_eval_on_the_bundled_model(tmp_path):
+    stats = tmp_path / "toy.npz"
+    out = run_cli("calibrate", "--calibration", "builtin:toy-math,toy-code", "--samples-per-category", "4",
+                  "--out", stats)
+    assert out.returncode == 0, out.stderr
+    report = tmp_path / "eval.json"
+    out = run_cli("eval", "--stats", stats, "--ratio", "0.5", "--items-per-domain", "2", "--fidelity",
+                  "--sweep-ratios", "0,0.5", "--sweep-criteria", "reap,random", "--json", report)
+    assert out.returncode == 0, out.stderr
+    assert "| math |" in out.stdout and "Random (seeded)" in out.stdout
+    doc = json.loads(report.read_text())
+    assert set(doc) == {"tasks", "fidelity"}
+    kl = [p["kl"] for p in doc["fidelity"]["points"]]
+    assert all(np.isfinite(kl)) and min(kl) == 0.0      # ratio 0 is the original itself
