@@ -117,7 +117,7 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dic
             progress=lambda done, total, tokens: progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens"))
     except ReapError as exc:
         return fail(exc), session, gr.update()
-    session = {**session, "stats": stats, "plan": None}
+    session = {**session, "stats": stats, "plan": None, "eval": {}}  # results of other statistics are stale
     path = Path(tempfile.mkdtemp(prefix="reap-stats-")) / f"reap-stats-{stats.fingerprint()}.npz"
     stats.save(path)
     summary = ", ".join(f"{c}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
@@ -136,7 +136,7 @@ def on_upload_stats(file, session: dict):
     except ReapError as exc:
         return fail(exc), session
     return ok(f"Loaded statistics of {stats.num_tokens} tokens ({stats.model_id})"), {**session, "stats": stats,
-                                                                                      "plan": None}
+                                                                                      "plan": None, "eval": {}}
 
 
 # --- 3. saliency and 4. compression (statistics only: instant) -------------------------------
@@ -219,7 +219,9 @@ def on_prune(criterion, ratio, protect, category, session: dict):
         return fail(exc), session, gr.update()
     label = f"Pruned — {plan.num_kept}/{plan.num_experts} experts per layer ({plan.criterion}, {plan.compression_ratio:.0%})"
     return (ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."),
-            {**session, "plan": plan}, gr.update(label=label))
+            # the fidelity sweep depends on the statistics only; quality and accuracy on this plan
+            {**session, "plan": plan, "eval": {k: v for k, v in (session.get("eval") or {}).items()
+                                               if k == "fidelity"}}, gr.update(label=label))
 
 
 # --- 5. chat side by side --------------------------------------------------------------------
