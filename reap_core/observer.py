@@ -1,8 +1,8 @@
 """Stage 3 — observe: a model and a CalibrationSet in, ExpertStats out, in ONE normal forward pass.
 
-Only routed (token, expert) pairs are measured: the adapter hands us each routed expert's output
-f_j(x) [S, H] as the model computes it anyway, and we reduce it at once to a few numbers per
-pair (||f||, max |f|, gate) that are added into float64 [C, L*E] accumulators. Memory is
+Only routed (token, expert) pairs are measured: the adapter reduces each routed expert's output
+f_j(x), as the model computes it anyway, to two numbers per pair (||f||, max |f|) and hands them
+with the gates to the recorder, which adds them into float64 [C, L*E] accumulators. Memory is
 O(categories x layers x experts) whatever the number of tokens; the transient per-layer work is
 O(S) beside the expert matmuls. Padding tokens are computed by the forward but never counted.
 """
@@ -43,17 +43,16 @@ class _Accumulator:
         self.global_token = (sample_ids.repeat_interleave(T) * _POS_STRIDE + positions).to(device)
 
     def record(self, layer: int, expert_ids: torch.Tensor, token_index: torch.Tensor, gates: torch.Tensor,
-               outputs: torch.Tensor) -> None:
-        """expert_ids/token_index/gates [S], outputs [S, H]: the routed pairs of one MoE layer."""
+               out_norm: torch.Tensor, out_absmax: torch.Tensor) -> None:
+        """All [S]: the routed pairs of one MoE layer, ||f_j(x)|| and max |f_j(x)| of each."""
         row = self.rows[layer]
         dev = self.valid.device
         expert_ids, token_index = expert_ids.to(dev), token_index.to(dev)
         keep = self.valid[token_index]
         e, t = expert_ids[keep], token_index[keep]
-        out = outputs[keep.to(outputs.device)].float()
-        norm = out.norm(dim=-1).to(dev, torch.float64)                 # ||f_j(x)||
-        act = out.abs().amax(dim=-1).to(dev, torch.float64)            # max |f_j(x)|
-        gate = gates[keep.to(gates.device)].abs().to(dev, torch.float64)
+        norm = out_norm.to(dev)[keep].to(torch.float64)                # ||f_j(x)||
+        act = out_absmax.to(dev)[keep].to(torch.float64)               # max |f_j(x)|
+        gate = gates.to(dev)[keep].abs().to(torch.float64)
         bucket = self.category[t] * self.E + e                         # [C*E] slot of each pair
         self.sums["count"][row].index_add_(0, bucket, torch.ones_like(norm))
         self.sums["gate_sum"][row].index_add_(0, bucket, gate)

@@ -26,6 +26,7 @@ import ast
 import json
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -170,7 +171,9 @@ def _check_code(item: Item, answer: str) -> bool:
     m = re.search(r"```python\n(.*?)```", answer, re.S)
     source = m.group(1) if m else answer
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # a broken model answer is a wrong answer, not a warning
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except SyntaxError:
         return False
     # Only a single plain function definition is accepted: no imports, no other statements.
@@ -187,7 +190,10 @@ def _check_code(item: Item, answer: str) -> bool:
     _, _, kind, ref = _CODE_SPECS[item.meta["spec"]]
     namespace: dict = {"__builtins__": _SAFE_BUILTINS}
     try:
-        exec(compile(tree, "<toy-code>", "exec"), namespace)  # noqa: S102 - sandboxed above
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(tree, "<toy-code>", "exec")
+        exec(code, namespace)  # noqa: S102 - sandboxed above
         fn = namespace[item.meta["name"]]
         return all(fn(*args) == ref(*args, item.meta["k"]) for args in _TEST_INPUTS[kind])
     except Exception:  # any runtime error is a wrong answer

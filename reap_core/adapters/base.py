@@ -141,8 +141,8 @@ class MoEAdapter:
     @contextmanager
     def observing(self, model: nn.Module, record: Callable[..., None]) -> Iterator[None]:
         """Within the block, every MoE forward in this thread calls
-        record(layer, expert_ids[S], token_index[S], gates[S], expert_out[S, H])
-        for the routed pairs only, with the model's outputs unchanged."""
+        record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S])
+        for the routed pairs only (||f_j(x)||_2 and max |f_j(x)|), with the model's outputs unchanged."""
         raise NotImplementedError
 
 

@@ -8,10 +8,11 @@ exactly the weight the experts' outputs are combined with. That weight is our RE
 Experts are fused 3-D tensors (gate_up_proj [E, 2I, H], down_proj [E, H, I]) and the module
 returns only the weighted sum, so no hook can see one expert's output. The observer therefore
 replaces the experts' forward, inside an `observing` block and for the observing thread only,
-with a routed-only grouped computation that records each (token, expert) output before
-weighting and then combines them as the model does (outputs equal to ~1e-6). Rejected: running
-all E experts on every token (the reference implementation: ~(1 + E/K)x the MoE cost and an
-E*T*H buffer), and `batched_mm` (copies one weight matrix per routed pair: out of memory).
+with a routed-only per-expert loop that reduces each (token, expert) output before weighting to
+its norm and max |value|, and combines the outputs as the model does (equal to ~1e-6).
+Rejected: running all E experts on every token (the reference implementation: ~(1 + E/K)x the
+MoE cost and an E*T*H buffer), `batched_mm` (copies one weight matrix per routed pair: out of
+memory), and keeping all [S, H] outputs for one grouped_mm call (on CPU slower than the loop).
 """
 
 from __future__ import annotations
@@ -56,42 +57,40 @@ _OBSERVERS: ContextVar[dict[nn.Module, tuple[int, Callable[..., None]]] | None] 
     "reap_gemma4_observers", default=None)
 
 
-def _grouped_expert_outputs(experts: nn.Module, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """f_j(x) [S, H] for pairs sorted by expert. grouped_mm on GPUs; a plain per-expert loop of
-    matmuls on CPU, where torch's grouped_mm is ~5x slower than the loop (measured, torch 2.13)."""
-    if x_sorted.device.type == "cuda":
-        from transformers.integrations.moe import _grouped_linear  # pinned transformers: the default GPU kernel
-        out = _grouped_linear(x_sorted, experts.gate_up_proj, offsets)          # [S, 2I]
-        return _grouped_linear(experts._apply_gate(out), experts.down_proj, offsets)
-    out = x_sorted.new_empty(x_sorted.shape)
-    start = 0
-    for e, end in enumerate(offsets.tolist()):
-        if end > start:
-            h = experts._apply_gate(x_sorted[start:end] @ experts.gate_up_proj[e].T)  # [n, I]
-            torch.mm(h, experts.down_proj[e].T, out=out[start:end])                  # [n, H]
-        start = end
-    return out
-
-
 def routed_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                            top_k_weights: torch.Tensor, layer: int = -1,
                            record: Callable[..., None] | None = None) -> torch.Tensor:
-    """The experts' forward on routed pairs only; with `record`, one call with their outputs.
+    """The experts' forward on routed pairs only; with `record`, one call per layer with
+    record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S]).
 
-    Registered as the experts implementation "reap_sorted" (ExpertsInterface signature), which
-    load_model picks on CPU: same results as the default, faster there."""
-    num_tokens, hidden_dim = hidden_states.shape          # [T, H]
-    num_top_k = top_k_index.size(-1)                        # K
-    expert_ids_g, perm = torch.sort(top_k_index.reshape(-1))  # [S] pairs grouped by expert
-    token_index_g = perm // num_top_k                       # [S] token of each grouped pair
-    tokens_per_expert = torch.bincount(expert_ids_g, minlength=experts.num_experts)
-    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
-    out = _grouped_expert_outputs(experts, hidden_states[token_index_g], offsets)   # [S, H] = f_j(x)
-    gates_g = top_k_weights.reshape(-1)[perm]
+    Only the per-pair reductions leave the loop (never an [S, H] buffer), and each expert's
+    tokens are gathered, computed and combined while they are in cache. Registered as the
+    experts implementation "reap_sorted" (ExpertsInterface signature)."""
+    num_top_k = top_k_index.size(-1)                              # K
+    expert_ids_g, perm = torch.sort(top_k_index.reshape(-1))        # [S] pairs grouped by expert
+    token_index_g = perm // num_top_k                               # [S] token of each pair
+    gates_g = top_k_weights.reshape(-1)[perm]                       # [S] combine weight of each pair
+    counts = torch.bincount(expert_ids_g, minlength=experts.num_experts).tolist()
+    combined = torch.zeros_like(hidden_states, dtype=experts.down_proj.dtype)
     if record is not None:
-        record(layer, expert_ids_g, token_index_g, gates_g, out)
-    combined = torch.zeros_like(hidden_states, dtype=out.dtype)
-    combined.index_add_(0, token_index_g, out * gates_g.unsqueeze(-1).to(out.dtype))
+        norms = hidden_states.new_empty(expert_ids_g.shape, dtype=torch.float32)
+        absmax = torch.empty_like(norms)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        end = start + n
+        tokens = token_index_g[start:end]
+        h = experts._apply_gate(hidden_states[tokens] @ experts.gate_up_proj[e].T)   # [n, I]
+        f = h @ experts.down_proj[e].T                                                # [n, H] = f_e(x)
+        if record is not None:
+            f32 = f.float()
+            norms[start:end] = f32.norm(dim=-1)
+            absmax[start:end] = f32.abs().amax(dim=-1)
+        combined.index_add_(0, tokens, f * gates_g[start:end, None].to(f.dtype))
+        start = end
+    if record is not None:
+        record(layer, expert_ids_g, token_index_g, gates_g, norms, absmax)
     return combined.to(hidden_states.dtype)
 
 
@@ -112,6 +111,8 @@ class Gemma4Adapter(MoEAdapter):
     layout = GEMMA4_LAYOUT
 
     def prepare(self, model: nn.Module) -> None:
+        # On CPU torch's grouped_mm is slower than a per-expert loop (benchmarks/observer_overhead.py);
+        # on GPUs transformers' default grouped_mm stays, and only the observer uses the loop.
         if next(model.parameters()).device.type == "cpu":
             model.set_experts_implementation(SORTED_IMPLEMENTATION)
 
