@@ -132,7 +132,7 @@ def bench_view(calls: int) -> None:
     print(f"    (one-off count_params of the 26B config: {time.perf_counter() - t0:.1f} s, cached per model by the app)")
     fake_loaded = types.SimpleNamespace(model_id="synthetic-30x128")
     app.MODELS.get = lambda model_id, *a, **k: fake_loaded          # no model needed: on_view is statistics only
-    app.MODELS.counts = lambda loaded: counts
+    app.MODELS.counts = lambda loaded: (counts, "BF16")
     stats = synthetic_stats()
     session = {"model_id": "synthetic-30x128", "stats": stats, "plan": None}
     plot = next(b for b in app.demo.blocks.values()
