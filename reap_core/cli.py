@@ -247,12 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
 
+    def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+        """What a PruningPlan is made of: the same flags for prune and export."""
+        p.add_argument("--stats", required=True, help="statistics file from 'calibrate'")
+        p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
+        p.add_argument("--criterion", default="reap", choices=criterion_names())
+        p.add_argument("--protect-super-experts", action="store_true",
+                       help="never prune experts with outlier activations")
+        p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
+
     p = add("prune", cmd_prune, "prune with saved statistics and write a loadable model folder")
-    p.add_argument("--stats", required=True, help="statistics file from 'calibrate'")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
-    p.add_argument("--criterion", default="reap", choices=criterion_names())
-    p.add_argument("--protect-super-experts", action="store_true", help="never prune experts with outlier activations")
-    p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
+    add_plan_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="auto")
     p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
@@ -270,11 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto")
     p = add("export", cmd_export, "prune with saved statistics and write a complete, verified folder to publish")
-    p.add_argument("--stats", required=True, help="statistics file from 'calibrate'")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")
-    p.add_argument("--criterion", default="reap", choices=criterion_names())
-    p.add_argument("--protect-super-experts", action="store_true", help="never prune experts with outlier activations")
-    p.add_argument("--seed", type=int, default=0, help="seed for the 'random' criterion")
+    add_plan_arguments(p)
     p.add_argument("--out", required=True, help="output folder (replaced only once the new export is complete)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
