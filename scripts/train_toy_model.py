@@ -2,12 +2,14 @@
 
     python scripts/train_toy_model.py --steps 150 --out runs/toy-trial   # a quick trial
 
-The bundled model was made in two stages (the first run alone was under-trained; the second
-continues it with the same corpus and tokenizer):
+The bundled model was made in three stages (each continues the previous one with the same corpus
+and tokenizer; a single long run would do, the stages are how CPU time was available):
 
     nice -n 5 python scripts/train_toy_model.py --out runs/toy-v1
     nice -n 5 python scripts/train_toy_model.py --init-from runs/toy-v1 --steps 1500 --lr 1.5e-3 \
-        --warmup 50 --out assets/toy-gemma4-moe
+        --warmup 50 --out runs/toy-v2
+    nice -n 5 python scripts/train_toy_model.py --init-from runs/toy-v2 --steps 1900 --lr 1e-3 \
+        --warmup 50 --out runs/toy-v3        # copied to assets/toy-gemma4-moe
 
 What enters: nothing but flags (the corpus is procedural, see reap_core/toy_tasks.py).
 What leaves: a Hugging Face folder (model.safetensors, config.json, generation_config.json,

@@ -127,7 +127,6 @@ def test_run_suite_matches_recorded_accuracy(toy):
     assert result.to_dict()["per_domain"]["math"]["total"] == 8
 
 
-@pytest.mark.xfail(strict=True, reason="issue #3: the bundled model scores 0% on math (see its card)")
 def test_every_domain_clearly_above_chance():
     recorded = json.loads((MODEL_DIR / "training_args.json").read_text())["eval"]
     assert all(v["accuracy"] >= 0.2 for v in recorded["per_domain"].values())
