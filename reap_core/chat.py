@@ -143,11 +143,3 @@ def stream_variants(loaded: LoadedModel, conversations: list[list[dict]], plans:
         for t in threads:
             t.join(timeout=30)
 
-
-def generate_text(loaded: LoadedModel, history: list[dict], plan: PruningPlan | None,
-                  settings: GenerationSettings = GenerationSettings()) -> str:
-    """One complete answer (no streaming), e.g. for evaluation and tests."""
-    last = [""]
-    for texts in stream_variants(loaded, [history], [plan], settings):
-        last = texts
-    return last[0]

@@ -55,7 +55,7 @@ from .chat import split_reasoning
 from .errors import CalibrationError, InvalidPlan
 from .masking import masked_view
 from .model import BUNDLED_MODEL, BUNDLED_MODEL_DIR, LoadedModel, resolve_model_path
-from .plan import PruningPlan, make_plan
+from .plan import PruningPlan, experts_to_prune, make_plan
 from .saliency import get_criterion
 from .stats import ExpertStats
 
@@ -403,7 +403,7 @@ def stats_key(stats: ExpertStats) -> str:
 
 def feasible_ratios(num_experts: int, top_k: int, ratios: Sequence[float] = DEFAULT_RATIOS) -> list[float]:
     """The ratios that keep at least top_k experts (the default grid for a small model)."""
-    return [r for r in ratios if r == 0 or num_experts - math.floor(round(num_experts * r, 9)) >= top_k]
+    return [r for r in ratios if r == 0 or num_experts - experts_to_prune(num_experts, r) >= top_k]
 
 
 def run_fidelity_sweep(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut,
@@ -416,8 +416,8 @@ def run_fidelity_sweep(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut
         raise InvalidPlan("give at least one compression ratio to sweep")
     for c in criteria:
         get_criterion(c)
-    bad = [r for r in ratios if r != 0 and not (0 < r < 1
-           and loaded.num_experts - math.floor(round(loaded.num_experts * r, 9)) >= loaded.top_k)]
+    usable = feasible_ratios(loaded.num_experts, loaded.top_k, [r for r in ratios if 0 <= r < 1])
+    bad = [r for r in ratios if r not in usable]
     if bad:
         raise InvalidPlan(f"ratios {', '.join(f'{r:g}' for r in bad)} are outside [0, 1) or keep fewer than the "
                           f"{loaded.top_k} experts the router picks; usable up to "
@@ -480,7 +480,7 @@ def fidelity_figure(result: FidelityResult, metric: str = "kl", current_ratio: f
                                             f"{result.num_experts} kept<br>{metric}: %{{y:.4g}}<extra></extra>")))
     fig.add_hline(y=baseline, line_dash="dot", line_color="gray")
     if current_ratio is not None:
-        n_kept = result.num_experts - math.floor(round(result.num_experts * current_ratio, 9))
+        n_kept = result.num_experts - experts_to_prune(result.num_experts, current_ratio)
         fig.add_vline(x=current_ratio, line_dash="dash", line_color="firebrick",
                       annotation_text=f"current {current_ratio:.0%} ({n_kept} kept)", annotation_position="top")
     h = result.heldout
