@@ -4,6 +4,10 @@ Each variant generates in its own thread inside its own `masked_view`, so the pa
 copy of the weights and never see each other's mask. New tokens from all threads arrive on
 one queue; the caller gets the full decoded text of every variant after each token.
 
+The prompt is tokenised by `chat_format` (typed control tokens stay text) and can be capped in
+tokens (`max_prompt_tokens`) and, before any tokenising, in characters (`check_prompt_length`),
+so one visitor's 100,000-character message cannot hold the shared queue for a minute.
+
 Gemma 4 reasoning comes as `<|channel>thought\\n ... <channel|>` before the answer; it is split
 off so a UI can fold it away, and the answer is what is kept in the conversation.
 """
@@ -20,6 +24,8 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .chat_format import encode_chat, encode_chat_with_images
+from .errors import ReapError
 from .masking import masked_view
 from .model import LoadedModel
 from .plan import PruningPlan
@@ -50,18 +56,39 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return reasoning, text.strip()
 
 
-def build_inputs(loaded: LoadedModel, history: list[dict], image: Any = None, thinking: bool = False) -> dict:
-    """Tokenize a conversation (list of {'role', 'content'}) with the checkpoint's own chat template."""
+class PromptTooLong(ReapError):
+    """A message or conversation over the length this app allows."""
+
+
+def check_prompt_length(text: str, max_chars: int | None) -> None:
+    """Refuse a message over `max_chars` characters — cheap, so a UI can call it before tokenising."""
+    if max_chars is not None and len(text) > max_chars:
+        raise PromptTooLong(f"the message is {len(text):,} characters; the limit here is {max_chars:,} — "
+                            "shorten the message")
+
+
+def _check_prompt_tokens(num_tokens: int, max_prompt_tokens: int | None) -> None:
+    if max_prompt_tokens is not None and num_tokens > max_prompt_tokens:
+        raise PromptTooLong(f"the conversation is {num_tokens:,} tokens; the limit here is {max_prompt_tokens:,} "
+                            "— clear the chat or shorten the message")
+
+
+def build_inputs(loaded: LoadedModel, history: list[dict], image: Any = None, thinking: bool = False, *,
+                 max_prompt_tokens: int | None = None) -> dict:
+    """Tokenize a conversation (list of {'role', 'content'}) with the checkpoint's own chat template;
+    typed control tokens stay text (`chat_format`). Raises PromptTooLong over `max_prompt_tokens`."""
     device = loaded.input_device
     if image is not None and loaded.processor is not None:
         messages = [dict(m) for m in history]
         last = messages[-1]
         last["content"] = [{"type": "image", "image": image}, {"type": "text", "text": last["content"]}]
-        enc = loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt", enable_thinking=thinking)
+        enc = dict(encode_chat_with_images(loaded.processor, messages, add_generation_prompt=True,
+                                           enable_thinking=thinking))
     else:
-        enc = loaded.tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt", enable_thinking=thinking)
+        ids = encode_chat(loaded.tokenizer, history, add_generation_prompt=True, enable_thinking=thinking)
+        enc = {"input_ids": torch.tensor([ids], dtype=torch.long),
+               "attention_mask": torch.ones((1, len(ids)), dtype=torch.long)}
+    _check_prompt_tokens(enc["input_ids"].shape[-1], max_prompt_tokens)
     return {k: v.to(device) for k, v in enc.items()}
 
 
@@ -92,15 +119,18 @@ class _StopOnEvent(StoppingCriteria):
 
 def stream_variants(loaded: LoadedModel, conversations: list[list[dict]], plans: list[PruningPlan | None],
                     settings: GenerationSettings = GenerationSettings(), image: Any = None,
-                    stop: threading.Event | None = None) -> Iterator[list[str]]:
+                    stop: threading.Event | None = None, *,
+                    max_prompt_tokens: int | None = None) -> Iterator[list[str]]:
     """Variant i continues conversations[i] under plans[i] (None = original). Yields the raw
-    decoded text of every variant after each new token, until all are done.
+    decoded text of every variant after each new token, until all are done. A conversation over
+    `max_prompt_tokens` raises PromptTooLong before any generation starts.
 
     Closing the iterator early (a UI's stop button) stops every generation thread.
     """
     if len(conversations) != len(plans):
         raise ValueError("one conversation per variant")
-    inputs = [build_inputs(loaded, c, image=image, thinking=settings.thinking) for c in conversations]
+    inputs = [build_inputs(loaded, c, image=image, thinking=settings.thinking, max_prompt_tokens=max_prompt_tokens)
+              for c in conversations]
     stop = stop or threading.Event()
     tokens: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
