@@ -1,15 +1,99 @@
 """`python -m reap_core <command>`: the same functions the app calls, for scripts and servers.
 
-Every user mistake prints one line starting with 'error:' and exits with status 2.
+Every user mistake prints one line starting with 'error:' and exits with status 2. Everything a
+command can check without the model (output paths, ratios, criteria, the statistics file and its
+claims against the config) is checked before the model is loaded, so a mistake costs a second,
+never the hour of calibration or evaluation before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
-from .errors import ReapError
+from .errors import OutputError, ReapError
+
+
+# --- checks before any work -------------------------------------------------------------------
+
+def _probe_writable(folder: Path, flag: str, target: str) -> None:
+    from .atomic import probe_writable
+
+    try:
+        probe_writable(folder)
+    except OutputError as exc:
+        raise OutputError(f"{flag} '{target}' cannot be written: {exc}") from None
+
+
+def check_output_file(path: str, flag: str) -> Path:
+    """The file `path` names can be written (created, or replaced if it is a file)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise OutputError(f"{flag} '{path}' is a folder: give a file name")
+    _probe_writable(target.parent, flag, path)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError(f"{flag} '{path}' exists and is read-only")
+    return target
+
+
+def check_output_dir(path: str, flag: str) -> Path:
+    """The folder `path` names can be written, and writing it destroys nothing that is not ours
+    (reap_core.atomic.check_output_folder); its parent is created if needed."""
+    from .atomic import check_output_folder
+    from .prune import PLAN_FILE
+
+    try:
+        return check_output_folder(path, PLAN_FILE)
+    except OutputError as exc:
+        raise OutputError(f"{flag} {exc}") from None
+
+
+def parse_ratios(text: str, flag: str = "--sweep-ratios") -> list[float]:
+    """'0,0.25,0.5' -> [0.0, 0.25, 0.5]; ReapError naming the first item that is not a ratio in [0, 1)."""
+    ratios = []
+    for item in text.split(","):
+        try:
+            ratio = float(item)
+        except ValueError:
+            raise ReapError(f"{flag}: '{item.strip()}' is not a number (give ratios like 0,0.25,0.5)") from None
+        if not 0.0 <= ratio < 1.0:  # also refuses nan
+            raise ReapError(f"{flag}: {item.strip()} is outside [0, 1) (0 = the original model)")
+        ratios.append(ratio)
+    return ratios
+
+
+def check_stats_fit_config(stats, model: str, trust_remote_code: bool) -> None:
+    """Refuse statistics made with another model from the config alone, before weights are read."""
+    from .adapters import find_adapter
+    from .model import load_config
+
+    config = load_config(model, trust_remote_code=trust_remote_code)
+    adapter = find_adapter(config)
+    stats.check_matches(adapter.moe_layer_indices(config), adapter.num_experts(config), adapter.top_k(config))
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 or a negative batch size would be a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -59,7 +143,9 @@ def cmd_calibrate(args) -> None:
     from .calibration import build_calibration
     from .model import load_model
     from .observer import observe
+    from .stats import stats_path
 
+    check_output_file(str(stats_path(args.out)), "--out")   # '.npz' is appended as save() does
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
                               samples_per_category=args.samples_per_category)
@@ -87,11 +173,13 @@ def cmd_prune(args) -> None:
     from .prune import save_pruned
     from .stats import ExpertStats
 
+    check_output_dir(args.out, "--out")
     stats = ExpertStats.load(args.stats)
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before loading gigabytes
+    check_stats_fit_config(stats, args.model, args.trust_remote_code)
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+    stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     out = save_pruned(loaded, plan, stats, args.out, in_place=True)
     print(f"pruned {plan.num_pruned} of {plan.num_experts} experts per layer with '{plan.criterion}' "
           f"({plan.num_kept} kept); saved to {out}")
@@ -106,9 +194,12 @@ def cmd_eval(args) -> None:
     from .masking import masked_view
     from .model import load_model
     from .plan import make_plan
+    from .saliency import get_criterion
     from .stats import ExpertStats
     from .task_eval import get_suite, run_suite
 
+    if args.json:
+        check_output_file(args.json, "--json")    # before the evaluation, not after it
     if args.suite != "auto":
         try:
             get_suite(args.suite)  # unknown suite: error before loading the model
@@ -117,12 +208,32 @@ def cmd_eval(args) -> None:
     stats = ExpertStats.load(args.stats) if args.stats else None
     if (args.fidelity or args.generation) and stats is None:
         raise ReapError("--fidelity and --generation need --stats (the calibration statistics to prune with)")
+    if args.generation and args.ratio is None:
+        raise ReapError("--generation compares the original with a prune: give --ratio")
     plan = None
     if args.ratio is not None:
         if stats is None:
             raise ReapError("--ratio needs --stats (the calibration statistics to prune with)")
         plan = make_plan(stats, args.ratio, args.criterion, seed=args.seed)
+    sweep_ratios = sweep_criteria = None
+    if args.fidelity:
+        sweep_criteria = [c.strip() for c in args.sweep_criteria.split(",")]
+        for name in sweep_criteria:
+            get_criterion(name)
+        sweep_ratios = evaluate.feasible_ratios(stats.num_experts, stats.top_k)
+        if args.sweep_ratios:
+            sweep_ratios = parse_ratios(args.sweep_ratios)
+            usable = evaluate.feasible_ratios(stats.num_experts, stats.top_k, sweep_ratios)
+            too_far = [r for r in sweep_ratios if r not in usable]
+            if too_far:
+                most = (stats.num_experts - stats.top_k) / stats.num_experts
+                raise ReapError(f"--sweep-ratios: {too_far[0]:g} keeps fewer than the {stats.top_k} experts the "
+                                f"router picks; usable up to {most:.3f}")
+    if stats is not None:
+        check_stats_fit_config(stats, args.model, args.trust_remote_code)
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    if stats is not None:
+        stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     suite = evaluate.defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
     report: dict = {}
     label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
@@ -137,23 +248,23 @@ def cmd_eval(args) -> None:
         print(result.format_table())
         report["tasks"] = result.to_dict()
     if args.generation:
-        if plan is None:
-            raise ReapError("--generation compares the original with a prune: give --ratio")
         gen = evaluate.generation_quality(loaded, plan)
         print("\n" + gen.format_table())
         report["generation"] = gen.to_dict()
     if args.fidelity:
         heldout = evaluate.build_heldout(evaluate.defaults_for(loaded)["heldout"], loaded.tokenizer,
                                          evaluate.calibration_exclusion(stats, loaded.tokenizer))
-        ratios = [float(r) for r in args.sweep_ratios.split(",")] if args.sweep_ratios else \
-            evaluate.feasible_ratios(loaded.num_experts, loaded.top_k)
-        result = evaluate.run_fidelity_sweep(loaded, stats, heldout, ratios, args.sweep_criteria.split(","))
+        result = evaluate.run_fidelity_sweep(loaded, stats, heldout, sweep_ratios, sweep_criteria)
         for metric in evaluate.METRICS:
             print("\n" + result.format_table(metric))
         report["fidelity"] = result.to_dict()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1, default=str)
+        except OSError as exc:  # checked writable at the start; this is a full disk or a race
+            raise OutputError(f"--json '{args.json}' could not be written ({exc.strerror or exc}); "
+                              f"the results are printed above") from None
         print(f"results written to {args.json}")
 
 
@@ -182,9 +293,11 @@ def cmd_export(args) -> None:
     from .sizing import human_bytes
     from .stats import ExpertStats
 
+    check_output_dir(args.out, "--out")
     stats = ExpertStats.load(args.stats)
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before reading gigabytes
+    check_stats_fit_config(stats, args.model, args.trust_remote_code)
     streaming = args.streaming
     if streaming is None:
         streaming = has_safetensors(source_folder(args.model, download=False)) or None
@@ -192,7 +305,7 @@ def cmd_export(args) -> None:
     if streaming is False or args.verify:
         print(f"loading {args.model} ({'to slice in memory' if streaming is False else 'to verify the export'})")
         loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-        stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+        stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     progress = _progress_bar("export")
     try:
         result = export_pruned(loaded if streaming is False else args.model, plan, stats, args.out, loaded=loaded,
@@ -242,9 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="builtin",
                    help="builtin | builtin:cat1,cat2 | file.jsonl | file.txt | name[subset](split):N")
     p.add_argument("--out", required=True, help="statistics file to write (.npz)")
-    p.add_argument("--max-tokens", type=int, default=512, help="tokens per sample (longer samples are truncated)")
-    p.add_argument("--samples-per-category", type=int, default=None, help="at most this many samples per category")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-tokens", type=_positive_int, default=512,
+                   help="tokens per sample (longer samples are truncated)")
+    p.add_argument("--samples-per-category", type=_positive_int, default=None,
+                   help="at most this many samples per category")
+    p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
 
     def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
     p.add_argument("--suite", default="auto",
                    help="task suite: auto (toy for the bundled model, gemma4-bench otherwise), toy, gemma4-bench")
-    p.add_argument("--items-per-domain", type=int, default=40)
+    p.add_argument("--items-per-domain", type=_positive_int, default=40)
     p.add_argument("--stats", help="statistics file: evaluate the model pruned with these statistics")
     p.add_argument("--ratio", type=float, help="compression ratio to evaluate (with --stats)")
     p.add_argument("--fidelity", action="store_true", help="sweep ratios x criteria: KL, top-1 agreement, PPL ratio")
@@ -287,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip reloading the export and comparing logits (verification loads the model: "
                         "as much memory as the model itself)")
     p.add_argument("--repo", help="Hub repo id the card's usage examples name (default: the folder name)")
-    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest weight shard to write, in GB")
+    p.add_argument("--max-shard-gb", type=_positive_float, default=5.0, help="largest weight shard to write, in GB")
     p.add_argument("--dtype", default="auto", help="dtype to load the model in (verification / --in-memory)")
 
     p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",

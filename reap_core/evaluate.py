@@ -107,10 +107,13 @@ class Exclusion:
         return bool(self.hashes) and _ids_hash(ids[:self.max_tokens] if self.max_tokens else ids) in self.hashes
 
 
-def calibration_exclusion(source: CalibrationSet | ExpertStats | None, tokenizer: Any) -> Exclusion:
+def calibration_exclusion(source: CalibrationSet | ExpertStats | None, tokenizer: Any,
+                          allow_local_files: bool = True) -> Exclusion:
     """What to keep out of the held-out set. From a CalibrationSet: its exact samples. From
     ExpertStats (e.g. loaded from a file): every sample its calibration spec can give (a superset
-    of what was used, since the per-category cap is not recorded); Hub specs are not re-downloaded."""
+    of what was used, since the per-category cap is not recorded); Hub specs are not re-downloaded.
+    `allow_local_files=False` (public mode): a spec naming a server file is never read — it comes
+    from a statistics file a visitor may have written — only built-in specs are re-read."""
     if source is None:
         return Exclusion(note="no calibration given: nothing excluded")
     if isinstance(source, CalibrationSet):
@@ -118,7 +121,8 @@ def calibration_exclusion(source: CalibrationSet | ExpertStats | None, tokenizer
                          f"{len(source.token_ids)} calibration samples excluded by token fingerprint")
     spec = str(source.calibration.get("spec", ""))
     max_tokens = int(source.calibration.get("max_tokens") or 0)
-    local = spec == "builtin" or spec.startswith("builtin:") or (spec and Path(spec).expanduser().exists())
+    builtin = spec == "builtin" or spec.startswith("builtin:")
+    local = builtin or (allow_local_files and spec and Path(spec).expanduser().exists())
     if not local:
         return Exclusion(note=f"calibration '{spec}' is not local: its samples could not be excluded")
     try:
@@ -386,7 +390,7 @@ class FidelityResult:
     def format_table(self, metric: str = "kl") -> str:
         """Markdown: one row per ratio, one column per criterion."""
         labels = [get_criterion(c).label for c in self.criteria]
-        lines = [f"| Ratio | Kept | " + " | ".join(labels) + " |", "|---:|---:|" + "---:|" * len(labels)]
+        lines = ["| Ratio | Kept | " + " | ".join(labels) + " |", "|---:|---:|" + "---:|" * len(labels)]
         for r in self.ratios:
             vals = " | ".join(f"{v:.4f}" for v in (getattr(self.point(c, r), metric) for c in self.criteria))
             lines.append(f"| {r:.0%} | {self.experts_kept(r)} | {vals} |")
@@ -410,7 +414,7 @@ def run_fidelity_sweep(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut
                        ratios: Sequence[float] = DEFAULT_RATIOS, criteria: Sequence[str] = DEFAULT_CRITERIA,
                        seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> FidelityResult:
     """Every criterion x ratio from ONE calibration, by masked views; ratio 0 is the original."""
-    stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+    stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     ratios = sorted({round(float(r), 9) for r in ratios})
     if not ratios:
         raise InvalidPlan("give at least one compression ratio to sweep")

@@ -1,11 +1,14 @@
 """Stage 8 — push: an exported folder in, a Hub model repository (its URL) out.
 
 The token is the user's OAuth token on a Space (the app passes it), or the one saved by
-`hf auth login` / HF_TOKEN locally (huggingface_hub.get_token()). It is passed to huggingface_hub
-and nowhere else: never printed, logged, or written to a file, and scrubbed from any message.
+`hf auth login` / HF_TOKEN locally (huggingface_hub.get_token()). In public mode
+(allow_saved_token=False) only the token passed in is ever used: a visitor who is not signed in
+must never push as the server's owner. It is passed to huggingface_hub and nowhere else: never
+printed, logged, or written to a file, and scrubbed from any message.
 
 Steps: validate the name, check the token (whoami: one request, fails in a second instead of
-after hashing 40 GB), create the repo or reuse it, upload. huggingface_hub's upload_folder is,
+after hashing 40 GB), create the repo or reuse it, check that a repo meant to be private is
+(create_repo ignores `private` for an existing repo), upload. huggingface_hub's upload_folder is,
 with hf_xet installed (huggingface_hub >= 2), a resumable pipelined upload that commits a large
 folder in batches and skips what already arrived; without hf_xet it is one commit over the
 legacy LFS protocol. On huggingface_hub 1.x, large folders go through upload_large_folder
@@ -85,22 +88,51 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _push_token(token: str | None, allow_saved_token: bool) -> str:
+    """The token to push with. Public mode: only the visitor's own (HfApi(token=None) and
+    get_token() would fall back to the server's HF_TOKEN or saved login, i.e. push as the owner)."""
+    if token:
+        return token
+    if not allow_saved_token:
+        raise PushError("not signed in: sign in with the Sign in button to push (this server never pushes "
+                        "with its own token)")
+    from huggingface_hub import get_token
+
+    saved = get_token()
+    if not saved:
+        raise PushError("not logged in to the Hugging Face Hub: sign in (on a Space) or run `hf auth login` "
+                        "(locally), then push again")
+    return saved
+
+
+def _check_visibility(api, repo_id: str, private: bool, token: str) -> None:
+    """Asked for private, got public: create_repo(exist_ok=True) leaves an existing repo as it is,
+    so uploading would publish what the user meant to keep private. Refuse before any upload."""
+    if not private:
+        return
+    info = api.repo_info(repo_id, repo_type="model", token=token)
+    if info.private is not True:
+        raise PushError(f"'{repo_id}' already exists and is public; the Private box does not change an existing "
+                        f"repo — make it private on the Hub, or untick Private")
+
+
 def push_folder(folder: str | Path, repo_id: str, token: str | None, private: bool = False,
                 progress: Progress | None = None, endpoint: str | None = None,
-                commit_message: str | None = None) -> str:
+                commit_message: str | None = None, allow_saved_token: bool = True) -> str:
     """Upload `folder` to the model repo `repo_id` (created if missing, reused if it exists).
-    Returns the repo URL. PushError for a missing login, missing permission, bad name, network."""
-    from huggingface_hub import HfApi, get_token
+    Returns the repo URL. PushError for a missing login, missing permission, bad name, network,
+    or a public repo where a private one was asked for.
+
+    allow_saved_token=False (public mode): `token` must be the visitor's own; without it the push is
+    refused, and neither the saved login nor HF_TOKEN is ever read."""
+    from huggingface_hub import HfApi
 
     report = progress or (lambda fraction, message: None)
     folder = Path(folder).expanduser()
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise PushError(f"'{folder}' is not an exported model folder (no config.json): export first")
     repo_id = validate_repo_id(repo_id)
-    token = token or get_token()
-    if not token:
-        raise PushError("not logged in to the Hugging Face Hub: sign in (on a Space) or run `hf auth login` "
-                        "(locally), then push again")
+    token = _push_token(token, allow_saved_token)
     api = HfApi(endpoint=endpoint, token=token)
     try:
         report(0.0, "checking the login")
@@ -112,6 +144,7 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None, private: bo
             repo_id = f"{me['name']}/{repo_id}"
         report(0.05, f"creating or reusing {repo_id}")
         url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+        _check_visibility(api, repo_id, private, token)
         size = _folder_bytes(folder)
         report(0.1, f"uploading {sum(1 for p in folder.rglob('*') if p.is_file())} files ({size / 1e9:.2f} GB)")
         message = commit_message or f"Upload pruned model from REAP Studio ({folder.name})"

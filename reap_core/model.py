@@ -4,6 +4,11 @@ The config is read first and the family adapter chosen from it, so an unsupporte
 refused before gigabytes of weights are read. Weights go through the Auto classes: loading the
 multimodal Gemma 4 checkpoint into the text-only class would silently give random weights, so
 missing weights are an error here, never a warning.
+
+Two modes. Locally a model is a folder or a Hub id, and transformers tells them apart by looking
+at the disk. On a public server (allow_local_paths=False) a visitor names no server path: only the
+bundled model or a Hub id, whose files are fetched into the Hub cache with the visitor's token (or
+none: token=False) and read from there, so a Hub id never reads a same-named folder on the server.
 """
 
 from __future__ import annotations
@@ -27,24 +32,61 @@ GEMMA4_26B = "google/gemma-4-26b-a4b-it"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# token: None = the token saved on this machine (`hf auth login`, HF_TOKEN); False = no token at all,
+# not even those (a public server reading a model for a visitor who is not signed in); str = this token.
+Token = str | bool | None
+SERVER_PATHS_REFUSED = ("server paths are not accepted here: choose the bundled model or type a Hub model id "
+                        "(org/name)")
+# What a Hub model needs on disk in public mode: configs, safetensors weights, tokenizer and chat
+# template files, top-level only (no pickled *.bin, no copies in subfolders); *.py only with remote code.
+HUB_CONFIG_FILES = ("config.json",)
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken")
 
-def resolve_model_path(model_id: str) -> str:
-    """Accept the bundled model's short name, a local folder, or a Hub id (returned unchanged)."""
+
+def looks_like_path(text: str) -> bool:
+    """Path-shaped, not Hub-id-shaped: a leading / . ~, a backslash, or more than one slash."""
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+
+
+def resolve_model_path(model_id: str, allow_local_paths: bool = True) -> str:
+    """The bundled model's short name -> its folder; anything else is returned as a local folder
+    (with ~ expanded) or a Hub id, which transformers tells apart by looking at the disk.
+
+    With allow_local_paths=False (a public server: a visitor must not read the server's files, nor
+    learn which exist) only the bundled name and syntactically valid Hub ids are accepted, and a
+    path-like string gets one message that never depends on what is on disk. The returned Hub id
+    must then not be handed to transformers as is (it would read a same-named folder relative to the
+    working directory): load_config / load_model fetch it into the Hub cache first."""
     model_id = (model_id or "").strip()
     if not model_id:
-        raise ModelLoadError("no model given: pass a Hub id (e.g. google/gemma-4-26b-a4b-it) or a local folder")
+        raise ModelLoadError("no model given: pass a Hub id (e.g. google/gemma-4-26b-a4b-it) or a local folder"
+                             if allow_local_paths else "no model given: choose the bundled model or type a Hub "
+                             "model id (org/name)")
     if model_id in (BUNDLED_MODEL, "bundled"):
         return str(BUNDLED_MODEL_DIR)
-    return os.path.expanduser(model_id)
+    if allow_local_paths:
+        return os.path.expanduser(model_id)
+    if looks_like_path(model_id):
+        raise ModelLoadError(SERVER_PATHS_REFUSED)
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise ModelLoadError(f"'{model_id[:100]}' is not a valid Hub model id: use org/name (letters, digits, "
+                             f"'-', '_', '.'), or choose the bundled model") from None
+    return model_id
 
 
-def _explain_load_failure(model_id: str, exc: Exception) -> ModelLoadError:
-    """Turn transformers' many exception types for one user mistake into one clear sentence."""
+def _explain_load_failure(model_id: str, exc: Exception, local_paths: bool = True) -> ModelLoadError:
+    """Turn transformers' many exception types for one user mistake into one clear sentence.
+    Without local_paths (public mode) the message never depends on the server's disk."""
     text = str(exc)
     first_line = text.splitlines()[0] if text else type(exc).__name__
-    if Path(model_id).is_dir():
+    if local_paths and Path(model_id).is_dir():
         return ModelLoadError(f"'{model_id}' is a folder but not a readable model: {first_line}")
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+    if local_paths and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
         return ModelLoadError(f"no such folder: '{model_id}'")
     lowered = text.lower()
     if "gated" in lowered or "401" in text or "403" in text:
@@ -52,17 +94,20 @@ def _explain_load_failure(model_id: str, exc: Exception) -> ModelLoadError:
     if any(word in lowered for word in ("offline", "connect", "resolve", "network")):
         return ModelLoadError(f"could not reach the Hugging Face Hub for '{model_id}' (offline?); "
                               f"use a local folder or the bundled model '{BUNDLED_MODEL}'")
+    if not local_paths:
+        return ModelLoadError(f"could not load '{model_id}' from the Hub ({first_line})")
     return ModelLoadError(f"could not load '{model_id}': not a local folder, and not found on the Hub "
                           f"({first_line})")
 
 
-def _probe_hub(repo_id: str, token: str | None) -> None:
-    """Fail in a second with a clear reason, instead of transformers' minute of retries offline."""
+def _probe_hub(repo_id: str, token: Token) -> None:
+    """Fail in a second with a clear reason, instead of transformers' minute of retries offline.
+    token=False sends no token at all (huggingface_hub would otherwise send the saved one)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
     try:
-        HfApi().model_info(repo_id, token=token, timeout=10)
+        HfApi(token=token).model_info(repo_id, token=token, timeout=10)
     except GatedRepoError:
         raise ModelLoadError(f"'{repo_id}' is gated: accept its license on the Hub and log in with a token") from None
     except RepositoryNotFoundError:
@@ -74,11 +119,60 @@ def _probe_hub(repo_id: str, token: str | None) -> None:
                              f"use a local folder or the bundled model '{BUNDLED_MODEL}' ({type(exc).__name__})") from None
 
 
-def load_config(model_id: str, trust_remote_code: bool = False, token: str | None = None) -> Any:
+def _hub_snapshot(repo_id: str, token: Token, files: tuple[str, ...], trust_remote_code: bool,
+                  probe: bool = True) -> str:
+    """Public mode: the Hub cache folder holding `files` of `repo_id`, fetched with `token` only.
+
+    An absolute cache path is what transformers then reads, so a Hub id is never looked up as a
+    folder on the server. The Hub is asked every time, even when the files are cached: the cache
+    may hold a private or gated model that another token fetched, and this token must have access."""
+    from huggingface_hub import snapshot_download
+
+    if probe:
+        _probe_hub(repo_id, token)
+    patterns = list(files) + (["*.py"] if trust_remote_code else [])
+    try:
+        return snapshot_download(repo_id, token=token, allow_patterns=patterns, ignore_patterns=["*/*"])
+    except Exception as exc:  # after a successful probe: the network or the disk, not the user's input
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(f"could not download '{repo_id}' from the Hugging Face Hub: "
+                             f"{type(exc).__name__} {first[:160]}".rstrip()) from None
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where transformers reads a model from, and how to talk about it in messages."""
+
+    path: str          # a folder, or (local mode only) a Hub id transformers resolves itself
+    public: bool       # allow_local_paths=False: messages never depend on the server's disk
+    hub_id: str | None = None   # public mode: the Hub id `path` is a snapshot of
+
+
+def _source(model_id: str, token: Token, trust_remote_code: bool, allow_local_paths: bool,
+            files: tuple[str, ...]) -> _Source:
+    path = resolve_model_path(model_id, allow_local_paths=allow_local_paths)
+    if allow_local_paths or path == str(BUNDLED_MODEL_DIR):
+        return _Source(path, public=not allow_local_paths)
+    return _Source(_hub_snapshot(path, token, files, trust_remote_code), public=True, hub_id=path)
+
+
+def _failure(source: _Source, exc: Exception) -> ModelLoadError:
+    """The clear message for a failed read; in public mode it names the Hub id, never the cache folder."""
+    if source.hub_id is None:
+        return _explain_load_failure(source.path, exc, local_paths=not source.public)
+    return _explain_load_failure(source.hub_id, RuntimeError(_scrub_path(source, exc)), local_paths=False)
+
+
+def _scrub_path(source: _Source, exc: Exception) -> str:
+    return str(exc).replace(source.path, source.hub_id) if source.hub_id else str(exc)
+
+
+def _read_config(source: _Source, trust_remote_code: bool, token: Token) -> Any:
     from transformers import AutoConfig
 
-    path = resolve_model_path(model_id)
-    is_hub_id = not Path(path).exists() and path.count("/") <= 1 and not path.startswith((".", "/", "~"))
+    path = source.path
+    is_hub_id = (not source.public and not Path(path).exists() and path.count("/") <= 1
+                 and not path.startswith((".", "/", "~")))
     if is_hub_id:
         try:  # already in the local Hub cache: works offline, no network round trip
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, token=token,
@@ -88,7 +182,15 @@ def load_config(model_id: str, trust_remote_code: bool = False, token: str | Non
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
     except Exception as exc:  # transformers raises OSError/ValueError/HF errors for the same user mistake
-        raise _explain_load_failure(path, exc) from None
+        raise _failure(source, exc) from None
+
+
+def load_config(model_id: str, trust_remote_code: bool = False, token: Token = None,
+                allow_local_paths: bool = True) -> Any:
+    """The model's config alone (no weights): enough to refuse an unsupported model and to plan sizes.
+    `token` and `allow_local_paths` as in load_model."""
+    source = _source(model_id, token, trust_remote_code, allow_local_paths, HUB_CONFIG_FILES)
+    return _read_config(source, trust_remote_code, token)
 
 
 def pick_device_and_dtype(dtype: str = "auto", device: str = "auto") -> tuple[str, torch.dtype]:
@@ -150,13 +252,22 @@ class LoadedModel:
 
 
 def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-               token: str | None = None) -> LoadedModel:
-    """Load a supported MoE model for pruning. Raises ModelLoadError / UnsupportedModel."""
+               token: Token = None, allow_local_paths: bool = True) -> LoadedModel:
+    """Load a supported MoE model for pruning. Raises ModelLoadError / UnsupportedModel.
+
+    token: None = the saved token, False = none at all, a string = that token (see `Token`).
+    allow_local_paths=False (public mode): only the bundled model and Hub ids, see resolve_model_path.
+    The config is read and the adapter chosen first: a dense or unknown model is refused before any
+    weight is read (or, in public mode, downloaded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(model_id)
-    config = load_config(path, trust_remote_code=trust_remote_code, token=token)
+    source = _source(model_id, token, trust_remote_code, allow_local_paths, HUB_CONFIG_FILES)
+    config = _read_config(source, trust_remote_code, token)
     adapter = find_adapter(config)  # refuses dense / unknown models before any weight is read
+    if source.hub_id is not None:   # public mode: now fetch the weights and tokenizer too (access checked)
+        folder = _hub_snapshot(source.hub_id, token, HUB_MODEL_FILES, trust_remote_code, probe=False)
+        source = _Source(folder, public=True, hub_id=source.hub_id)
+    path = source.path
     device, torch_dtype = pick_device_and_dtype(dtype, device)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, token=token,
                                   output_loading_info=True)
@@ -165,7 +276,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:
-        raise _explain_load_failure(path, exc) from None
+        raise _failure(source, exc) from None
     missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
     if missing:
         raise ModelLoadError(f"'{model_id}': {len(missing)} weights missing from the checkpoint "
@@ -180,7 +291,8 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
     except Exception as exc:
-        raise ModelLoadError(f"'{model_id}': the tokenizer could not be loaded ({exc})") from None
+        raise ModelLoadError(f"'{model_id}': the tokenizer could not be loaded "
+                             f"({_scrub_path(source, exc)})") from None
     processor = None
     if getattr(config, "vision_config", None) is not None:
         try:
@@ -188,8 +300,10 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
         except Exception:
             processor = None  # text-only use still works; image chat will say it is unavailable
+    # read_from: the folder (or, locally, the Hub id) the weights came from; in public mode the Hub
+    # cache snapshot, which an export should stream from instead of resolving model_id again.
     return LoadedModel(model_id=model_id, model=model, tokenizer=tokenizer, processor=processor,
-                       adapter=adapter, dtype=torch_dtype, device=device)
+                       adapter=adapter, dtype=torch_dtype, device=device, extras={"read_from": path})
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, model_id: str = "in-memory") -> LoadedModel:

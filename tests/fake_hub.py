@@ -1,10 +1,19 @@
 """A tiny stand-in for the Hugging Face Hub on 127.0.0.1: the part of its API that huggingface_hub
 uses to check a token, create a repo and commit files (regular files inline, LFS files through the
-batch API and a PUT to an upload URL that points back here). Enough for push tests, no network.
+batch API and a PUT to an upload URL that points back here), and to read a model (repo info, file
+tree, file downloads). Enough for push and loading tests, no network.
 
-Endpoints (see huggingface_hub hf_api.py create_repo / create_commit, _commit_api.py, lfs.py):
+Every request's Authorization header is recorded (`hub.authorizations`), so a test can prove a
+token never reached the Hub. Public repos are readable without a token, like the real Hub;
+everything else needs `hub.token`.
+
+Endpoints (see huggingface_hub hf_api.py create_repo / create_commit / model_info / list_repo_tree,
+_commit_api.py, lfs.py, file_download.py):
   GET  /api/whoami-v2
   POST /api/repos/create                          {"name", "organization", "visibility"?}
+  GET  /api/models/{ns}/{name}[/revision/{rev}]    repo info: id, sha, private, siblings
+  GET  /api/models/{ns}/{name}/tree/{rev}          file list (one page)
+  HEAD|GET /{ns}/{name}/resolve/{rev}/{path}       a file, with X-Repo-Commit and ETag
   POST /api/validate-yaml                          README.md metadata check
   POST /api/models/{ns}/{name}/preupload/{rev}     -> uploadMode per file ("lfs" above 10 kB)
   POST /{ns}/{name}.git/info/lfs/objects/batch     -> upload action: PUT /lfs-upload/{oid}
@@ -34,6 +43,7 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}
         self.commits: list[dict] = []
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []   # the Authorization header of every request
         self.fail_with: dict[str, int] = {}      # path prefix -> HTTP status to answer instead
 
     def __enter__(self) -> "FakeHub":
@@ -44,12 +54,20 @@ class FakeHub:
                 pass
 
             def _reply(self, status: int, body: dict | None = None):
-                data = json.dumps(body or {}).encode()
+                data = json.dumps(body if body is not None else {}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _reply_empty(self, status: int, headers: dict[str, str]):
+                """Headers only (a body, if any, is written by the caller after this)."""
+                self.send_response(status)
+                headers = {"Content-Length": "0", **headers}
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -57,10 +75,13 @@ class FakeHub:
             def _handle(self, method: str):
                 path = self.path.split("?")[0]
                 hub.requests.append(f"{method} {path}")
+                hub.authorizations.append(self.headers.get("Authorization"))
                 body = self._body()
                 for prefix, status in hub.fail_with.items():
                     if path.startswith(prefix):
                         return self._reply(status, {"error": f"forced {status}"})
+                if hub.read_route(self, method, path):
+                    return None
                 if path.startswith("/lfs-upload/"):       # pre-signed upload URL: no auth, like S3
                     oid = path.rsplit("/", 1)[1]
                     if hashlib.sha256(body).hexdigest() != oid:
@@ -80,6 +101,9 @@ class FakeHub:
             def do_PUT(self):
                 self._handle("PUT")
 
+            def do_HEAD(self):
+                self._handle("HEAD")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -89,6 +113,47 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def add_model(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> None:
+        """A model repo to read (as if pushed earlier), public unless `private`."""
+        self.repos[repo_id] = dict(files)
+        self.private[repo_id] = private
+
+    def _sha(self, repo_id: str) -> str:
+        return hashlib.sha1(json.dumps(sorted(self.repos[repo_id])).encode() + repo_id.encode()).hexdigest()
+
+    def read_route(self, h, method: str, path: str) -> bool:
+        """Repo info, file tree and downloads; False for any other request (handled by `route`)."""
+        parts = path.strip("/").split("/")
+        if method == "GET" and len(parts) >= 4 and parts[:2] == ["api", "models"] and \
+                (len(parts) == 4 or parts[4] in ("revision", "tree")):
+            kind = "tree" if len(parts) > 4 and parts[4] == "tree" else "info"
+            repo_id = f"{parts[2]}/{parts[3]}"
+        elif method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
+            kind, repo_id = "file", f"{parts[0]}/{parts[1]}"
+        else:
+            return False
+        authorized = h.headers.get("Authorization") == f"Bearer {self.token}"
+        if repo_id not in self.repos or (self.private.get(repo_id) and not authorized):
+            # the real Hub answers a private repo like a missing one: 401 without a valid token, else 404
+            h._reply_empty(404 if authorized else 401, {"X-Error-Code": "RepoNotFound"})
+            return True
+        files, sha = self.repos[repo_id], self._sha(repo_id)
+        if kind == "info":
+            h._reply(200, {"id": repo_id, "sha": sha, "private": bool(self.private.get(repo_id)),
+                           "siblings": [{"rfilename": name} for name in sorted(files)]})
+        elif kind == "tree":
+            h._reply(200, [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                           for name, data in sorted(files.items())])
+        elif "/".join(parts[4:]) not in files:
+            h._reply_empty(404, {"X-Error-Code": "EntryNotFound"})
+        else:
+            data = files["/".join(parts[4:])]
+            h._reply_empty(200, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                                 "Content-Length": str(len(data))})
+            if method == "GET":
+                h.wfile.write(data)
+        return True
 
     def route(self, h, method: str, path: str, body: bytes):
         parts = path.strip("/").split("/")

@@ -279,6 +279,52 @@ def test_push_errors_are_clear(exported, hub_env, monkeypatch):
         push_folder(folder / "missing", "tester/x", token=TOKEN)
 
 
+SERVER_TOKEN = "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9"
+
+
+def test_public_push_never_uses_the_servers_token(exported, hub_env, monkeypatch):
+    """Public mode (allow_saved_token=False) on a Space whose HF_TOKEN secret is set: a visitor who is
+    not signed in is refused before any request; a signed-in one pushes with their own token only."""
+    if exported["kind"] != "causal":
+        pytest.skip("one class is enough")
+    folder = exported["streamed"].path
+    monkeypatch.setenv("HF_TOKEN", SERVER_TOKEN)
+    with FakeHub(token=SERVER_TOKEN) as hub:            # the server's token would be accepted here
+        with pytest.raises(PushError) as err:
+            push_folder(folder, "tester/x", token=None, endpoint=hub.endpoint, allow_saved_token=False)
+        assert str(err.value) == ("not signed in: sign in with the Sign in button to push (this server never "
+                                  "pushes with its own token)")
+        assert hub.requests == [] and "tester/x" not in hub.repos
+        # the control: locally (the default) the same call pushes with HF_TOKEN, so the refusal is the policy
+        push_folder(folder, "tester/x", token=None, endpoint=hub.endpoint)
+        assert hub.repos["tester/x"] and f"Bearer {SERVER_TOKEN}" in hub.authorizations
+    with FakeHub(token=TOKEN) as hub:                   # a signed-in visitor
+        push_folder(folder, "tester/y", token=TOKEN, endpoint=hub.endpoint, allow_saved_token=False)
+        assert hub.repos["tester/y"] == {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert set(hub.authorizations) - {None} == {f"Bearer {TOKEN}"}     # None: the pre-signed LFS PUTs
+
+
+def test_private_push_onto_an_existing_public_repo_is_refused(exported, hub_env):
+    """create_repo(private=True, exist_ok=True) leaves an existing public repo public: uploading would
+    publish what the user meant to keep private, under a "Pushed" message."""
+    if exported["kind"] != "causal":
+        pytest.skip("one class is enough")
+    folder = exported["streamed"].path
+    with FakeHub(token=TOKEN) as hub:
+        hub.add_model("tester/public-one", {"README.md": b"# public\n"})
+        with pytest.raises(PushError) as err:
+            push_folder(folder, "public-one", token=TOKEN, private=True, endpoint=hub.endpoint)
+        assert str(err.value) == ("'tester/public-one' already exists and is public; the Private box does not "
+                                  "change an existing repo \u2014 make it private on the Hub, or untick Private")
+        assert hub.commits == [] and hub.repos["tester/public-one"] == {"README.md": b"# public\n"}
+        assert not any("preupload" in r or "lfs" in r for r in hub.requests)     # refused before uploading
+        push_folder(folder, "tester/public-one", token=TOKEN, endpoint=hub.endpoint)     # Private unticked: fine
+        hub.add_model("tester/private-one", {}, private=True)
+        push_folder(folder, "tester/private-one", token=TOKEN, private=True, endpoint=hub.endpoint)
+        assert [c["repo"] for c in hub.commits] == ["tester/public-one", "tester/private-one"]
+        assert hub.private == {"tester/public-one": False, "tester/private-one": True}
+
+
 @pytest.mark.parametrize("name", ["", "a/b/c", "user/bad name", "user/-x", "user/x..y", "user/x.git", "ü/x",
                                   "user/" + "x" * 97])
 def test_invalid_repo_names(name):

@@ -107,10 +107,10 @@ def test_stats_roundtrip_and_mismatch(tiny, calib, tmp_path):
         assert np.array_equal(loaded.arrays[k], stats.arrays[k])
     assert loaded.top_tokens == stats.top_tokens and loaded.categories == stats.categories
     assert loaded.fingerprint() == calib.fingerprint()
-    loaded.check_matches(stats.num_layers, stats.num_experts)
+    loaded.check_matches(tiny.moe_layer_indices, tiny.num_experts, tiny.top_k)
     from reap_core.errors import StatisticsError
     with pytest.raises(StatisticsError, match="experts"):
-        loaded.check_matches(stats.num_layers, stats.num_experts * 2)
+        loaded.check_matches(tiny.moe_layer_indices, tiny.num_experts * 2, tiny.top_k)
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(StatisticsError, match="not a REAP Studio statistics file"):

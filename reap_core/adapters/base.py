@@ -37,6 +37,7 @@ class MoELayout:
     text_config_attr: str | None          # sub-config holding the keys above, if multimodal
     non_text_prefixes: tuple[str, ...]    # parameter prefixes outside the language model (vision, audio)
     gate_definition: str                  # what "gate" means for this family, for docs and recipes
+    moe_switch_key: str | None = None     # boolean config key that turns the MoE block on, if the family has one
 
 
 def get_by_path(root: Any, path: str) -> Any:
@@ -58,14 +59,31 @@ class MoEAdapter:
         return config
 
     def explain_unsupported(self, config: Any) -> str | None:
-        """None if this adapter can prune the model, else a sentence saying why not."""
+        """None if this adapter can prune the model, else a sentence saying why not.
+
+        Decided from the config alone, before any weight is read. A dense config may still carry
+        expert counts: Gemma 4 keeps `num_experts` / `top_k_experts` when `enable_moe_block` is
+        false (the layers are then built without experts), so the switch is checked first."""
         text = self.text_config(config)
+        switch = self.layout.moe_switch_key
+        if switch and not getattr(text, switch, False):
+            return (f"{self.layout.family} model without a Mixture-of-Experts block "
+                    f"({switch}={getattr(text, switch, None)}): a dense model has no experts to prune")
         num_experts = getattr(text, self.layout.num_experts_key, None)
         top_k = getattr(text, self.layout.top_k_key, None)
-        if not num_experts or not top_k:
+        if not _positive_int(num_experts) or not _positive_int(top_k):
             return (f"{self.layout.family} model without a Mixture-of-Experts block "
-                    f"({self.layout.num_experts_key}={num_experts}): a dense model has no experts to prune")
+                    f"({self.layout.num_experts_key}={num_experts}, {self.layout.top_k_key}={top_k}): "
+                    f"a dense model has no experts to prune")
+        if top_k > num_experts:
+            return (f"{self.layout.family} config routes each token to {self.layout.top_k_key}={top_k} experts "
+                    f"of only {self.layout.num_experts_key}={num_experts}: the config is inconsistent")
         return None
+
+    def moe_layer_indices(self, config: Any) -> list[int]:
+        """Decoder layers with an MoE block, from the config alone (checking statistics against a
+        model before its weights are read). Default: every layer; families with dense layers override."""
+        return list(range(self.num_layers(config)))
 
     def num_experts(self, config: Any) -> int:
         return int(getattr(self.text_config(config), self.layout.num_experts_key))
@@ -144,6 +162,10 @@ class MoEAdapter:
         record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S])
         for the routed pairs only (||f_j(x)||_2 and max |f_j(x)|), with the model's outputs unchanged."""
         raise NotImplementedError
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 ADAPTERS: dict[str, MoEAdapter] = {}

@@ -50,6 +50,7 @@ GEMMA4_LAYOUT = MoELayout(
     non_text_prefixes=("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio."),
     gate_definition=("|w| where w = softmax probability renormalised over the top-k experts, "
                      "times router.per_expert_scale: the weight Gemma 4 applies to the expert's output"),
+    moe_switch_key="enable_moe_block",   # false: dense layers, even if num_experts is set
 )
 
 # experts module -> (layer index, record callback); per thread / per task, never global.
