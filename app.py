@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import tempfile
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from reap_core import toy_tasks
-from reap_core.calibration import TOY_PREFIX, build_calibration, builtin_categories
-from reap_core.chat import GenerationSettings, split_reasoning, stream_variants
-from reap_core.errors import ReapError
+from reap_core.calibration import (LOCAL_LIMITS, PUBLIC_LIMITS, TOY_PREFIX, CalibrationLimits, build_calibration,
+                                   builtin_categories)
+from reap_core.chat import GenerationSettings, check_prompt_length, split_reasoning, stream_variants
+from reap_core.errors import Cancelled, ReapError
 from reap_core.evaluate import (DEFAULT_CRITERIA, METRICS, FidelityCache, build_heldout, calibration_exclusion,
                                 card_eval_results, defaults_for, feasible_ratios, fidelity_figure,
                                 generation_quality, task_accuracy)
@@ -31,8 +33,10 @@ from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
 from reap_core.plan import make_plan
 from reap_core.saliency import CRITERIA, compute_scores
 from reap_core.stats import ExpertStats
-from reap_core.studio import ModelCache, StatsCache, compression_table, model_card, plan_summary
+from reap_core.studio import (ModelCache, SessionSignals, StatsCache, compression_table, model_card,
+                               plan_summary)
 from reap_core.viz import category_heatmap, criteria_agreement, saliency_heatmap
+from reap_core.workspace import Workspace, detect_mode
 
 try:  # ZeroGPU on Spaces: GPU work must run inside spaces.GPU functions; locally a no-op
     import spaces
@@ -44,14 +48,58 @@ except ImportError:
 
 DEFAULT_MODEL = os.environ.get("REAP_STUDIO_MODEL", BUNDLED_MODEL)
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
+MODE = detect_mode()          # public on a Space / beyond loopback / REAP_STUDIO_PUBLIC=1 (reap_core.workspace)
 MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL),
                  (f"Gemma 4 26B-A4B — needs a GPU and the Hub ({GEMMA4_26B})", GEMMA4_26B)]
+# The models the server's owner offers: in public mode only these may be read with the server's own
+# token (e.g. a gated Gemma 4); any other Hub id is read with the visitor's sign-in, or anonymously.
+OWNER_MODELS = {BUNDLED_MODEL, GEMMA4_26B, DEFAULT_MODEL}
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
-MODELS, STATS, FIDELITY = ModelCache(), StatsCache(), FidelityCache()
+MODELS, STATS, FIDELITY, SIGNALS = ModelCache(), StatsCache(), FidelityCache(), SessionSignals()
+WORK = Workspace(os.environ.get("REAP_STUDIO_WORKDIR") or
+                 Path(tempfile.gettempdir()) / f"reap-studio-{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: generous locally, bounded in public so no visitor holds the
+    machine (memory, the shared queue) for long."""
+    upload: str                          # gradio's max_file_size for every upload
+    calibration: CalibrationLimits       # file bytes, samples, characters per sample
+    calibration_tokens: int              # all samples x their tokens, per calibration
+    stats_bytes: int                     # a statistics upload
+    prompt_chars: int
+    prompt_tokens: int                   # the whole conversation as the model sees it
+
+
+LIMITS = (Limits("20mb", PUBLIC_LIMITS, 262_144, 50 * 10**6, 16_000, 4_096) if MODE.public else
+          Limits("2gb", LOCAL_LIMITS, 50_000_000, 2 * 10**9, 400_000, 131_072))
 
 
 def new_session() -> dict:
     return {"model_id": None, "stats": None, "plan": None}
+
+
+def session_id(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def model_token(model_id: str, oauth_token: gr.OAuthToken | None):
+    """The token a model is read with: locally the saved one (None); in public mode the visitor's
+    own, or none at all (False) — the server's token only for the models its owner offers."""
+    if not MODE.public:
+        return None
+    if oauth_token is not None and oauth_token.token:
+        return oauth_token.token
+    return None if (model_id or "").strip() in OWNER_MODELS else False
+
+
+def stop_check(event, what: str):
+    """A progress wrapper that raises Cancelled at the next step once the session's flag is set."""
+    def check():
+        if event.is_set():
+            raise Cancelled(f"{what} cancelled — nothing was changed")
+    return check
 
 
 def ok(text: str) -> str:
@@ -76,10 +124,11 @@ def session_stats(session: dict) -> ExpertStats:
 
 # --- 1. model --------------------------------------------------------------------------------
 
-def on_load_model(model_id: str, session: dict, progress=gr.Progress()):
+def on_load_model(model_id: str, session: dict, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
+                  progress=gr.Progress()):
     try:
         progress(0.1, desc=f"Loading {model_id} …")
-        loaded = MODELS.get(model_id)
+        loaded = MODELS.get(model_id, token=model_token(model_id, oauth_token), allow_local_paths=not MODE.public)
         progress(0.9, desc="Counting parameters …")
         card = model_card(loaded, *MODELS.counts(loaded)).markdown()
     except ReapError as exc:  # keep the model, statistics and prune already there
@@ -94,33 +143,45 @@ def on_load_model(model_id: str, session: dict, progress=gr.Progress()):
 
 # --- 2. calibrate ----------------------------------------------------------------------------
 
-def calibration_spec(categories: list[str], hub_spec: str, upload) -> str:
+def calibration_spec(categories: list[str], hub_spec: str, upload) -> tuple[str, bool]:
+    """(spec, may it name a file on the server): only gradio's own upload may, or anything locally."""
     if upload is not None:
-        return str(upload)
+        return str(upload), True
     if hub_spec and hub_spec.strip():
-        return hub_spec.strip()
+        return hub_spec.strip(), not MODE.public
     if not categories:
         raise ReapError("choose at least one built-in category, a Hub dataset, or upload a file")
-    return "builtin:" + ",".join(categories)
+    return "builtin:" + ",".join(categories), False
 
 
 @gpu
-def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dict, progress=gr.Progress()):
+def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dict, request: gr.Request,
+                 progress=gr.Progress()):
+    sid = session_id(request)
+    cancelled = stop_check(SIGNALS.start(sid, "work"), "calibration")
     try:
         loaded = session_model(session)
-        spec = calibration_spec(categories, hub_spec, upload)
+        spec, local_files = calibration_spec(categories, hub_spec, upload)
         calib = build_calibration(spec, loaded.tokenizer, max_tokens=int(max_tokens),
-                                  samples_per_category=int(samples) if samples else None)
+                                  samples_per_category=int(samples) if samples else None,
+                                  limits=LIMITS.calibration, allow_local_files=local_files)
+        if calib.num_tokens > LIMITS.calibration_tokens:
+            raise ReapError(f"this calibration is {calib.num_tokens:,} tokens; the limit here is "
+                            f"{LIMITS.calibration_tokens:,}: choose fewer samples or fewer tokens per sample")
+
+        def report(done, total, tokens):
+            cancelled()
+            progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens")
+
         progress(0, desc=f"0 / {calib.num_tokens} tokens")
-        stats, cached = STATS.get_or_observe(
-            loaded, calib, batch_size=4,
-            progress=lambda done, total, tokens: progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens"))
-    except ReapError as exc:
+        stats, cached = STATS.get_or_observe(loaded, calib, batch_size=4, progress=report)
+    except ReapError as exc:  # includes Cancelled: the statistics already there are kept
         return fail(exc), session, gr.update()
     session = {**session, "stats": stats, "plan": None, "eval": {}}  # results of other statistics are stale
-    path = Path(tempfile.mkdtemp(prefix="reap-stats-")) / f"reap-stats-{stats.fingerprint()}.npz"
+    path = WORK.scratch_dir(sid, "stats") / f"reap-stats-{stats.fingerprint()}.npz"
     stats.save(path)
-    summary = ", ".join(f"{c}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
+    WORK.sweep(keep=sid)
+    summary = ", ".join(f"{literal(c)}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
     note = " (from cache: same model and calibration data)" if cached else ""
     return ok(f"Observed **{stats.num_tokens} tokens** from {stats.calibration['samples']} samples{note} — "
               f"{summary}"), session, gr.update(value=str(path), visible=True)
@@ -131,11 +192,11 @@ def on_upload_stats(file, session: dict):
         loaded = session_model(session)
         if file is None:
             raise ReapError("no statistics file given")
-        stats = ExpertStats.load(file)
-        stats.check_matches(len(loaded.moe_layer_indices), loaded.num_experts)
+        stats = ExpertStats.load(file, max_bytes=LIMITS.stats_bytes)
+        stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     except ReapError as exc:
         return fail(exc), session
-    return ok(f"Loaded statistics of {stats.num_tokens} tokens ({stats.model_id})"), {**session, "stats": stats,
+    return ok(f"Loaded statistics of {stats.num_tokens} tokens ({literal(stats.model_id)})"), {**session, "stats": stats,
                                                                                       "plan": None, "eval": {}}
 
 
@@ -212,6 +273,7 @@ def on_compare(criterion_a, criterion_b, ratio, session: dict):
 
 def on_prune(criterion, ratio, protect, category, session: dict):
     try:
+        session_model(session)
         stats = session_stats(session)
         cats = None if category in (None, "", "all categories") else [category]
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
@@ -239,15 +301,24 @@ def render_answer(raw: str) -> list[dict]:
     return msgs + [{"role": "assistant", "content": answer or "…"}]
 
 
+def require_plan(session: dict, why: str):
+    """The session's plan, or the message naming the first step still missing."""
+    session_stats(session)
+    if session.get("plan") is None:
+        raise ReapError(f"prune first (step 4): {why}")
+    return session["plan"]
+
+
 @gpu
-def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: dict):
+def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: dict,
+            request: gr.Request):
     if not message or not message.strip():
         yield chat_orig, chat_pruned, "Type a message first.", gr.update()
         return
     try:
         loaded = session_model(session)
-        if session.get("plan") is None:
-            raise ReapError("prune first (step 4): the right pane shows the pruned model")
+        require_plan(session, "the right pane shows the pruned model")
+        check_prompt_length(message, LIMITS.prompt_chars)
     except ReapError as exc:
         yield chat_orig, chat_pruned, fail(exc), gr.update()  # keep the typed message
         return
@@ -256,9 +327,12 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                   top_p=float(top_p), thinking=bool(thinking))
     base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
-    stop = threading.Event()
+    stop = SIGNALS.start(session_id(request), "chat")   # Stop and Clear set it
     try:
-        for texts in stream_variants(loaded, histories, [None, session["plan"]], settings, image=image, stop=stop):
+        for texts in stream_variants(loaded, histories, [None, session["plan"]], settings, image=image, stop=stop,
+                                     max_prompt_tokens=LIMITS.prompt_tokens):
+            if stop.is_set():
+                return
             yield base[0] + render_answer(texts[0]), base[1] + render_answer(texts[1]), "", ""
     except ReapError as exc:
         yield chat_orig, chat_pruned, fail(exc), gr.update()
@@ -268,16 +342,22 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
 
 # --- 6. evaluate -------------------------------------------------------------------------------
 
-def on_fidelity(criteria, metric, ratio, session: dict, progress=gr.Progress()):
+def on_fidelity(criteria, metric, ratio, session: dict, request: gr.Request, progress=gr.Progress()):
+    cancelled = stop_check(SIGNALS.start(session_id(request), "work"), "fidelity sweep")
     try:
         loaded, stats = session_model(session), session_stats(session)
         if not criteria:
             raise ReapError("choose at least one criterion to sweep")
         heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
-                                calibration_exclusion(stats, loaded.tokenizer))
+                                calibration_exclusion(stats, loaded.tokenizer, allow_local_files=not MODE.public))
+
+        def report(done, total):
+            cancelled()
+            progress(done / max(total, 1), desc=f"forward passes {done}/{total}")
+
         result, cached = FIDELITY.get_or_run(
             loaded, stats, heldout, ratios=feasible_ratios(loaded.num_experts, loaded.top_k), criteria=criteria,
-            progress=lambda done, total: progress(done / max(total, 1), desc=f"forward passes {done}/{total}"))
+            progress=report)
     except ReapError as exc:
         return fail(exc), gr.update(), session
     evals = {**session.get("eval", {}), "fidelity": result}
@@ -291,26 +371,31 @@ def on_fidelity_redraw(metric, ratio, session: dict):
     return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
 
 
-def on_quality(kind: str, session: dict, progress):
+def on_quality(kind: str, session: dict, request: gr.Request, progress):
+    cancelled = stop_check(SIGNALS.start(session_id(request), "work"),
+                           "generation quality" if kind == "generation" else "task accuracy")
     try:
-        loaded, plan = session_model(session), session.get("plan")
-        if plan is None:
-            raise ReapError("prune first (step 4): the evaluation compares the original with the pruned view")
-        report = (generation_quality if kind == "generation" else task_accuracy)(
-            loaded, plan, progress=lambda done, total: progress(done / max(total, 1), desc=f"{done}/{total}"))
+        loaded = session_model(session)
+        plan = require_plan(session, "the evaluation compares the original with the pruned view")
+
+        def step(done, total):
+            cancelled()
+            progress(done / max(total, 1), desc=f"{done}/{total}")
+
+        report = (generation_quality if kind == "generation" else task_accuracy)(loaded, plan, progress=step)
     except ReapError as exc:
         return fail(exc), session
     return report.format_table(), {**session, "eval": {**session.get("eval", {}), kind: report}}
 
 
 @gpu
-def on_generation_quality(session: dict, progress=gr.Progress()):
-    return on_quality("generation", session, progress)
+def on_generation_quality(session: dict, request: gr.Request, progress=gr.Progress()):
+    return on_quality("generation", session, request, progress)
 
 
 @gpu
-def on_task_accuracy(session: dict, progress=gr.Progress()):
-    return on_quality("tasks", session, progress)
+def on_task_accuracy(session: dict, request: gr.Request, progress=gr.Progress()):
+    return on_quality("tasks", session, request, progress)
 
 
 def eval_results_for_card(session: dict) -> dict | None:
@@ -323,7 +408,7 @@ def eval_results_for_card(session: dict) -> dict | None:
 
 # --- 7. export & push ------------------------------------------------------------------------
 
-EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))
+EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))  # local mode's default place
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
 
 
@@ -333,43 +418,79 @@ def default_export_dir(session: dict) -> str:
     return str(EXPORT_ROOT / (f"{name}-reap-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name))
 
 
+def export_target(out_dir: str, session: dict, sid: str) -> Path:
+    """Public: the session's own folder, never a path the visitor names. Local: the path given (an
+    existing folder that is not an earlier export is refused by the exporter, never emptied)."""
+    plan = session["plan"]
+    if MODE.public:
+        if (out_dir or "").strip():
+            raise ReapError("server paths are not accepted here: each session exports into its own folder — "
+                            "leave the folder empty and download the zip")
+        return WORK.export_dir(sid, session.get("model_id") or "model", plan.criterion, plan.compression_ratio)
+    return Path((out_dir or "").strip() or default_export_dir(session))
+
+
 @gpu
-def on_export(out_dir: str, session: dict, progress=gr.Progress()):
+def on_export(out_dir: str, session: dict, request: gr.Request, progress=gr.Progress()):
+    sid = session_id(request)
     try:
         loaded = session_model(session)
-        stats, plan = session_stats(session), session.get("plan")
-        if plan is None:
-            raise ReapError("prune first (step 4): the export writes the pruned view you chatted with")
-        out_dir = (out_dir or "").strip() or default_export_dir(session)
-        result = export_pruned(loaded, plan, stats, out_dir, eval_results=eval_results_for_card(session),
+        stats = session_stats(session)
+        plan = require_plan(session, "the export writes the pruned view you chatted with")
+        target = export_target(out_dir, session, sid)
+        result = export_pruned(loaded, plan, stats, target, eval_results=eval_results_for_card(session),
                                progress=lambda fraction, message: progress(fraction, desc=message))
     except ReapError as exc:
         return fail(exc), session, gr.update()
+    if MODE.public:  # one export per session on the server: the earlier ones go
+        for other in result.path.parent.iterdir():
+            if other != result.path:
+                shutil.rmtree(other, ignore_errors=True)
     archive = gr.update(visible=False)
     if result.bytes < ZIP_LIMIT:
-        import shutil
-        zip_path = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="reap-export-")) / result.path.name), "zip",
-                                       result.path)
+        zip_path = shutil.make_archive(str(WORK.scratch_dir(sid, "zip") / result.path.name), "zip", result.path)
         archive = gr.update(value=zip_path, visible=True)
+    WORK.sweep(keep=sid)
     check = (f"verified: max |Δlogits| vs the masked view = {result.max_abs_diff:.2e} (tolerance "
              f"{result.tolerance:.0e})" if result.max_abs_diff is not None else "not verified")
-    return (ok(f"Exported to `{result.path}` — {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
-               f"{result.seconds:.1f} s, {check}."), {**session, "export_dir": str(result.path)}, archive)
+    where = f"`{result.path.name}` (this session's folder)" if MODE.public else f"`{result.path}`"
+    return (ok(f"Exported to {where} — {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
+               f"{result.seconds:.1f} s, {check}."),
+            {**session, "export": {"path": str(result.path), "verified": result.max_abs_diff is not None,
+                                   "plan": plan_summary(plan)}}, archive)
 
 
-def on_push(repo_id: str, private: bool, session: dict, oauth_token: gr.OAuthToken | None = None,
-            progress=gr.Progress()):
-    # On a Space the user's OAuth token; locally None -> the token saved by `hf auth login`.
-    token = oauth_token.token if oauth_token is not None else None
+def on_push(repo_id: str, private: bool, session: dict, request: gr.Request,
+            oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
+    # Public mode: the visitor's OAuth token or nothing (never the server's HF_TOKEN). Locally: the token
+    # saved by `hf auth login` when no sign-in is given.
+    token = oauth_token.token if oauth_token is not None and oauth_token.token else None
     try:
-        folder = session.get("export_dir")
-        if not folder:
-            raise ReapError("export first: the push uploads the verified export folder")
-        url = push_folder(folder, repo_id, token=token, private=bool(private),
+        export = session.get("export")
+        if not export:
+            raise ReapError("export first: the push uploads the verified export folder of this session")
+        if MODE.public and not WORK.owns(session_id(request), export["path"]):
+            raise ReapError("export first: the push uploads the verified export folder of this session")
+        if not export["verified"]:
+            raise ReapError("this export was not verified: export again before pushing")
+        if MODE.public and token is None:
+            raise ReapError("sign in with the **Sign in with Hugging Face** button to push: on a public server "
+                            "only your own account is used" if ON_SPACE else
+                            "pushing from a public server needs a Hugging Face sign-in, which only a Space "
+                            "offers: download the zip and push it with `hf upload` instead")
+        url = push_folder(export["path"], repo_id, token=token, private=bool(private),
+                          allow_saved_token=not MODE.public,
                           progress=lambda fraction, message: progress(fraction, desc=message))
     except ReapError as exc:
         return fail(exc)
-    return ok(f"Pushed to [{url}]({url})")
+    return ok(f"Pushed to [{url}]({url}) — {export['plan']}")
+
+
+def on_session_end(request: gr.Request):
+    """The browser tab closed: its files and stop flags go (statistics and models in memory stay cached)."""
+    sid = session_id(request)
+    SIGNALS.forget(sid)
+    WORK.remove_session(sid)
 
 
 # --- layout ----------------------------------------------------------------------------------
@@ -396,14 +517,14 @@ GENERAL_EXAMPLES = ["Explain in two sentences why the sky is blue.",
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="REAP Studio") as demo:
+    with gr.Blocks(title="REAP Studio", delete_cache=(1800, 3600)) as demo:  # gradio's copies of our files too
         session = gr.State(new_session())
         gr.Markdown(INTRO)
 
         gr.Markdown("## 1 · Model")
         with gr.Row():
             model_id = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, allow_custom_value=True, scale=4,
-                                   label="Model: pick one, or type a Hub id / local folder")
+                                   label="Model: pick one, or type a Hub id" + ("" if MODE.public else " / local folder"))
             load_btn = gr.Button("Load", variant="primary", scale=1)
         model_info = gr.Markdown("No model loaded yet.")
 
@@ -418,9 +539,11 @@ def build_demo() -> gr.Blocks:
                 max_tokens = gr.Slider(32, 2048, value=256, step=32, label="Max tokens per sample")
         with gr.Row():
             hub_spec = gr.Textbox(label="…or a Hub dataset (name[subset](split):N)", placeholder="org/data(train):64")
-            upload = gr.File(label="…or upload .jsonl / .txt", file_types=[".jsonl", ".txt"], type="filepath",
-                             height=120)
-        calib_btn = gr.Button("Run calibration", variant="primary")
+            upload = gr.File(label=f"…or upload .jsonl / .txt (up to {LIMITS.upload.upper()})",
+                             file_types=[".jsonl", ".txt"], type="filepath", height=120)
+        with gr.Row():
+            calib_btn = gr.Button("Run calibration", variant="primary", scale=3)
+            calib_cancel = gr.Button("Cancel", scale=1)
         calib_status = gr.Markdown()
         with gr.Row():
             stats_file = gr.File(label="Statistics (download to reuse)", interactive=False, height=150, visible=False)
@@ -488,7 +611,9 @@ def build_demo() -> gr.Blocks:
                                               label="Criteria to sweep", scale=3)
             metric = gr.Dropdown([(title, name) for name, (title, _) in METRICS.items()], value="kl",
                                  label="Metric", scale=1)
-        sweep_btn = gr.Button("Run fidelity sweep", variant="primary")
+        with gr.Row():
+            sweep_btn = gr.Button("Run fidelity sweep", variant="primary", scale=3)
+            eval_cancel = gr.Button("Cancel", scale=1)
         fidelity_plot = gr.Plot(label="Fidelity vs compression ratio (the dotted line is the current ratio)")
         fidelity_status = gr.Markdown()
         with gr.Row():
@@ -503,19 +628,24 @@ def build_demo() -> gr.Blocks:
                     "reloads the result and checks its logits against the pruned view before anything is "
                     "published.", elem_classes="muted")
         with gr.Row():
-            export_dir = gr.Textbox(label="Output folder (empty = exports/<model>-reap-<criterion>-<ratio>)", scale=3)
+            export_dir = gr.Textbox(label="Output folder (empty = exports/<model>-reap-<criterion>-<ratio>)", scale=3,
+                                    visible=not MODE.public)  # public: each session's own folder
             export_btn = gr.Button("Export pruned checkpoint", variant="primary", scale=1)
         export_status = gr.Markdown()
         export_zip = gr.File(label="Download the exported folder (.zip)", visible=False, interactive=False)
         with gr.Row():
             if ON_SPACE:  # Gradio's local LoginButton refuses to start without a saved token: Spaces only
                 gr.LoginButton(scale=1)
+            elif MODE.public:
+                gr.Markdown("Pushing from a public server needs a Space sign-in: download the zip instead.",
+                            elem_classes="muted")
             else:
                 gr.Markdown("Locally the push uses the token saved by `hf auth login`.", elem_classes="muted")
             repo_name = gr.Textbox(label="Hub repo (user/name, or name for your account)", scale=3)
             private_repo = gr.Checkbox(True, label="Private", scale=1)
             push_btn = gr.Button("Push to the Hub", scale=1)
         push_status = gr.Markdown()
+        gr.Markdown(MODE.footer(), elem_classes="muted", elem_id="server-mode")
 
         # --- events ---
         view_inputs = [criterion, ratio, protect, sort_experts, category, session]
@@ -528,11 +658,17 @@ def build_demo() -> gr.Blocks:
             layers = [f"L{i}" for i in stats.layer_indices] if stats else []
             return gr.update(choices=layers, value=layers[0] if layers else None)
 
+        # loads have their own queue: a cached model loads at once, even while a calibration runs
         load_btn.click(on_load_model, [model_id, session], [model_info, session, categories, image],
-                       api_name="load_model", concurrency_limit=1, concurrency_id="model")
+                       api_name="load_model", concurrency_limit=1, concurrency_id="load")
         if DEFAULT_MODEL == BUNDLED_MODEL:  # small and local: ready to calibrate the moment the page opens
             demo.load(on_load_model, [model_id, session], [model_info, session, categories, image],
                       api_visibility="private")
+        def cancel_work(request: gr.Request):
+            SIGNALS.stop(session_id(request), "work")
+
+        for button in (calib_cancel, eval_cancel):
+            button.click(cancel_work, None, None, **({"api_name": "cancel"} if button is calib_cancel else private))
         calib_btn.click(on_calibrate, [categories, samples, hub_spec, upload, max_tokens, session],
                         [calib_status, session, stats_file], api_name="calibrate", concurrency_limit=1,
                         concurrency_id="model"
@@ -558,8 +694,16 @@ def build_demo() -> gr.Blocks:
                               concurrency_limit=2, concurrency_id="chat")
         submit = prompt.submit(on_chat, chat_inputs, chat_outputs, concurrency_limit=2, concurrency_id="chat",
                                **private)
-        stop_btn.click(None, cancels=[send, submit])
-        clear_btn.click(lambda: ([], [], ""), None, [chat_orig, chat_pruned, chat_status], api_name="clear")
+        def stop_chat(request: gr.Request):
+            SIGNALS.stop(session_id(request), "chat")
+
+        def clear_chat(request: gr.Request):
+            stop_chat(request)
+            return [], [], ""
+
+        stop_btn.click(stop_chat, None, None, cancels=[send, submit], api_name="stop")
+        clear_btn.click(clear_chat, None, [chat_orig, chat_pruned, chat_status], cancels=[send, submit],
+                        api_name="clear")
         sweep_btn.click(on_fidelity, [sweep_criteria, metric, ratio, session], [fidelity_status, fidelity_plot, session],
                         api_name="fidelity", concurrency_limit=1, concurrency_id="model")
         for control in (metric, ratio):
@@ -572,6 +716,7 @@ def build_demo() -> gr.Blocks:
         export_btn.click(on_export, [export_dir, session], [export_status, session, export_zip], api_name="export",
                          concurrency_limit=1, concurrency_id="model")
         push_btn.click(on_push, [repo_name, private_repo, session], push_status, api_name="push", concurrency_limit=1)
+        demo.unload(on_session_end)
     return demo
 
 
@@ -579,4 +724,6 @@ demo = build_demo()
 demo.queue(default_concurrency_limit=2, max_size=32)
 
 if __name__ == "__main__":
-    demo.launch(theme=gr.themes.Soft(), css=CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    WORK.clean_start()  # sessions of an earlier run are gone; so are their files
+    demo.launch(theme=gr.themes.Soft(), css=CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                max_file_size=LIMITS.upload)

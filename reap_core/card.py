@@ -8,6 +8,7 @@ state. The card's YAML goes through huggingface_hub.ModelCardData, so it always 
 from __future__ import annotations
 
 import platform
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,9 +51,10 @@ def build_recipe(plan: PruningPlan, stats: ExpertStats, *, gate_definition: str,
     calib = stats.calibration
     protect = bool(plan.protected)
     factor = plan.extra.get("super_expert_factor")
-    redo = [f"python -m reap_core calibrate --model {base_model or source} --calibration '{calib.get('spec', '?')}'"
-            f" --max-tokens {calib.get('max_tokens', '?')} --out reap_stats.npz",
-            f"python -m reap_core export --model {base_model or source} --stats reap_stats.npz"
+    model = shlex.quote(str(base_model or source))  # spec and names come from users: quoted, never run as code
+    redo = [f"python -m reap_core calibrate --model {model} --calibration {shlex.quote(str(calib.get('spec', '?')))}"
+            f" --max-tokens {shlex.quote(str(calib.get('max_tokens', '?')))} --out reap_stats.npz",
+            f"python -m reap_core export --model {model} --stats reap_stats.npz"
             f" --ratio {plan.compression_ratio:g} --criterion {plan.criterion}"
             + (" --protect-super-experts" if protect else "") + (f" --seed {plan.seed}" if plan.seed else "")
             + " --out pruned"]

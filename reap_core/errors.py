@@ -26,3 +26,11 @@ class InvalidPlan(ReapError):
 
 class StatisticsError(ReapError):
     """A statistics file that is unreadable or does not belong to this model."""
+
+
+class OutputError(ReapError):
+    """An output path that cannot be written, or must not be (it holds something that is not ours)."""
+
+
+class Cancelled(ReapError):
+    """The user stopped a long action; nothing it would have changed was changed."""

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from .adapters import MoEAdapter, find_adapter
-from .atomic import atomic_folder
+from .atomic import atomic_folder, check_output_folder
 from .card import (CARD_FILE, HEATMAP_FILE, RECIPE_FILE, STATS_FILE, CardInputs, build_recipe,
                    render_card)
 from .errors import ReapError
@@ -275,12 +275,18 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     """
     start = time.perf_counter()
     report = progress or (lambda fraction, message: None)
+    out_dir = check_output_folder(out_dir, PLAN_FILE)  # a bad folder fails now, not after the download
     if isinstance(source, LoadedModel):
         loaded = loaded or source
         model_id = source.model_id
     else:
         model_id = source
-    folder = source_folder(model_id, token=token, download=streaming is not False and not isinstance(source, LoadedModel))
+    read_from = Path(str(loaded.extras.get("read_from", ""))) if loaded is not None else None
+    if read_from is not None and read_from.is_dir():
+        folder = read_from  # the files the loaded weights came from: never model_id resolved anew on this disk
+    else:
+        folder = source_folder(model_id, token=token,
+                               download=streaming is not False and not isinstance(source, LoadedModel))
     if streaming is None:
         streaming = has_safetensors(folder)
     if streaming and not has_safetensors(folder):
@@ -304,7 +310,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
         from .model import load_config
         config = load_config(str(folder))
         adapter = find_adapter(config)
-    stats.check_matches(len(plan.layer_indices), plan.num_experts)
+    stats.check_matches(adapter.moe_layer_indices(config), adapter.num_experts(config), adapter.top_k(config))
     if adapter.num_experts(config) != plan.num_experts:
         raise ExportError(f"the plan is for {plan.num_experts} experts per layer, the model has "
                           f"{adapter.num_experts(config)}")
@@ -320,8 +326,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     _check_expert_axes(tensor_source, slicing, plan)
     weight_dtype = next(e.dtype for e in tensor_source.entries if e.kept is not None)
 
-    out_dir = Path(out_dir).expanduser()
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, marker=PLAN_FILE) as tmp:
         write_checkpoint(tmp, tensor_source, max_shard_bytes, lambda f, m: report(0.8 * f, m))
         _write_json(tmp / "config.json", pruned_config(config_dict, adapter, plan.num_kept))
         if folder is not None:

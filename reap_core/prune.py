@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, check_output_folder
 from .masking import check_plan_fits
 from .model import LoadedModel
 from .plan import PruningPlan
@@ -53,9 +53,10 @@ def scores_document(stats: ExpertStats, plan: PruningPlan) -> dict:
 def save_pruned(loaded: LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path,
                 in_place: bool = False) -> Path:
     """Slice (a copy of, unless in_place) the model and save a complete folder at `out_dir`."""
+    check_output_folder(out_dir, PLAN_FILE)
     target = loaded if in_place else LoadedModel(**{**loaded.__dict__, "model": copy.deepcopy(loaded.model)})
     slice_model(target, plan)
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, marker=PLAN_FILE) as tmp:
         target.model.save_pretrained(tmp)
         for files in (loaded.processor, loaded.tokenizer):
             if files is not None:

@@ -7,6 +7,7 @@ calibrates the same model on the same data gets the result at once. Still no UI 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -30,15 +31,19 @@ class ModelCache:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
-    def get(self, model_id: str, dtype: str = "auto", token: str | None = None,
-            trust_remote_code: bool = False) -> LoadedModel:
-        key = f"{model_id}|{dtype}"
+    def get(self, model_id: str, dtype: str = "auto", token: str | bool | None = None,
+            trust_remote_code: bool = False, allow_local_paths: bool = True) -> LoadedModel:
+        """`token`: None = the saved token, False = none at all, a string = that visitor's token. A model
+        read with a visitor's token is cached under that token, so no other visitor gets it from here."""
+        who = hashlib.sha256(token.encode()).hexdigest()[:16] if isinstance(token, str) else str(token)
+        key = f"{model_id}|{dtype}|{who}"
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             if key in self._models:
                 return self._models[key]
-            loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code)
+            loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code,
+                                allow_local_paths=allow_local_paths)
             with self._lock:
                 while len(self._models) >= self.max_models:  # big models: keep one in memory
                     self._models.pop(next(iter(self._models)))
@@ -51,6 +56,36 @@ class ModelCache:
             self._counts[loaded.model_id] = (count_params(loaded.config, loaded.adapter),
                                              checkpoint_format(loaded.config))
         return self._counts[loaded.model_id]
+
+
+class SessionSignals:
+    """Per-session stop flags for long actions (chat streaming, calibration, evaluation).
+
+    A new action of a kind replaces the session's flag of that kind; Stop / Clear / Cancel set it,
+    and the action's progress callback (or the chat's stopping criterion) sees it at its next step.
+    """
+
+    def __init__(self):
+        self._events: dict[tuple[str, str], threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session_id: str, kind: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events[(session_id, kind)] = event
+        return event
+
+    def stop(self, session_id: str, *kinds: str) -> None:
+        with self._lock:
+            for kind in kinds:
+                event = self._events.pop((session_id, kind), None)
+                if event is not None:
+                    event.set()
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._events if k[0] == session_id]:
+                self._events.pop(key).set()
 
 
 class StatsCache:

@@ -38,6 +38,7 @@ class AppProcess:
     proc: subprocess.Popen
     log_path: Path
     startup_seconds: float   # Popen -> first HTTP 200 on /
+    cwd: Path = ROOT         # the app's working folder
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -54,8 +55,9 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_app(timeout: float = 120.0, env: dict | None = None) -> AppProcess:
-    """Popen `python app.py` and block until / answers 200 (RuntimeError with the log if it dies)."""
+def start_app(timeout: float = 120.0, env: dict | None = None, cwd: Path | None = None) -> AppProcess:
+    """Popen `python app.py` and block until / answers 200 (RuntimeError with the log if it dies).
+    `cwd`: the folder the app runs in (what "." means to it); default the checkout."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
@@ -64,10 +66,10 @@ def start_app(timeout: float = 120.0, env: dict | None = None) -> AppProcess:
     log_path = Path(log_name)
     t0 = time.perf_counter()
     # own process group: stopping it also stops anything app.py started, and nothing else
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log_fd,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=cwd or ROOT, env=full_env, stdout=log_fd,
                             stderr=subprocess.STDOUT, start_new_session=True)
     os.close(log_fd)
-    app = AppProcess(url, proc, log_path, 0.0)
+    app = AppProcess(url, proc, log_path, 0.0, cwd or ROOT)
     deadline = t0 + timeout
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
@@ -96,8 +98,8 @@ def stop_app(app: AppProcess, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_app(timeout: float = 120.0, env: dict | None = None) -> Iterator[AppProcess]:
-    app = start_app(timeout=timeout, env=env)
+def running_app(timeout: float = 120.0, env: dict | None = None, cwd: Path | None = None) -> Iterator[AppProcess]:
+    app = start_app(timeout=timeout, env=env, cwd=cwd)
     try:
         yield app
     finally:

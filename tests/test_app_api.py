@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,12 @@ ALL = "all categories"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     # an empty HF_HOME: no saved Hub token, so "not logged in" is what the push must say
-    with running_app(timeout=120, env={"HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}) as a:
+    # runs in a temporary folder: "." and relative export paths land there, never in the checkout
+    cwd = tmp_path_factory.mktemp("app-cwd")
+    (cwd / "user-file.txt").write_text("mine")
+    env = {"HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
+           "REAP_STUDIO_WORKDIR": str(tmp_path_factory.mktemp("app-work"))}
+    with running_app(timeout=120, env=env, cwd=cwd) as a:
         yield a
 
 
@@ -219,16 +225,25 @@ def test_failed_load_keeps_previous_work(app):
     assert answers((orig, pruned, status))[1].strip()
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("", "no samples"),
-    ('{"text": "fine"}\n{this is not json\n', "not valid json"),
-    ('{"neither": "text nor messages"}\n', "text"),
-], ids=["empty", "malformed-json", "wrong-fields"])
-def test_bad_calibration_upload(app, tmp_path, content, needle):
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("calib.jsonl", "", "no samples"),
+    ("calib.jsonl", '{"text": "fine"}\n{this is not json\n', "not valid json"),
+    ("calib.jsonl", '{"neither": "text nor messages"}\n', "text"),
+    ("calib.jsonl", PNG, "not a text file"),
+    ("calib.txt", PNG, "not a text file"),
+    ("calib.txt", "caf\xe9 au lait".encode("latin-1"), "utf-8"),
+    ("calib.jsonl", '{"messages": [{"role": "wizard", "content": "hi"}]}\n', "wizard"),
+    ("calib.jsonl", '{"messages": [{"role": "user"}]}\n', "content"),
+], ids=["empty", "malformed-json", "wrong-fields", "png-as-jsonl", "png-as-txt", "latin-1", "unknown-role",
+        "no-content"])
+def test_bad_calibration_upload(app, tmp_path, name, content, needle):
     c = new_client(app)
     load(c)
-    bad = tmp_path / "calib.jsonl"
-    bad.write_text(content)
+    bad = tmp_path / name
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     status, stats_file = calibrate(c, upload=handle_file(str(bad)))
     assert_warning(status, needle)
     assert not stats_file
@@ -246,10 +261,13 @@ def test_steps_out_of_order(app):
     c = new_client(app)
     assert_warning(calibrate(c)[0], "load a model")
     assert_warning(view(c, 0.5)[1], "load a model")
-    assert_warning(prune(c, 0.5), "calibration")
+    assert_warning(prune(c, 0.5), "load a model")      # the first missing step, not a later one
     assert_warning(chat(c)[2], "load a model")
+    assert_warning(c.predict("", api_name="/export")[0], "load a model")
     load(c)
     assert_warning(view(c, 0.5)[1], "calibration")
+    assert_warning(prune(c, 0.5), "calibration")
+    assert_warning(chat(c)[2], "calibration")            # not "prune first": calibrating comes before
     assert_ok(calibrate(c)[0])
     orig, pruned, status = chat(c)
     assert_warning(status, "prune first")
@@ -360,3 +378,82 @@ def test_evaluate_step(app, tmp_path):
     assert_ok(status)
     card = (tmp_path / "exp" / "README.md").read_text()
     assert "KL" in card
+
+
+# --- issue 9: what a careless local user can do ---------------------------------------------
+
+def test_export_never_replaces_what_is_not_ours(app, pruned_client, tmp_path):
+    """Locally a path may be given, but only an empty folder or an earlier export of ours is replaced."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text("print('mine')")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for folder, needle in ((".", "not written by REAP Studio"), (str(project), "not written by REAP Studio"),
+                           (str(a_file), "not a folder"), ("/dev/null", "not a folder")):
+        status, archive = pruned_client.predict(folder, api_name="/export")
+        assert_warning(status, needle)
+    assert (project / "main.py").read_text() == "print('mine')" and a_file.read_text() == "mine"
+    assert (app.cwd / "user-file.txt").read_text() == "mine"          # "." is the app's working folder
+    target = tmp_path / "exp"
+    for _ in range(2):                                   # the second export replaces the first: ours
+        assert_ok(pruned_client.predict(str(target), api_name="/export")[0])
+    assert (target / "reap_plan.json").is_file()
+
+
+def test_clear_during_streaming_stops_the_answer(pruned_client):
+    job = pruned_client.submit("Write a very long story about a robot.", None, [], [], 1.5, 1.0, 1024, False,
+                               api_name="/chat")
+    deadline = time.time() + 60
+    while len(job.outputs()) < 2 and not job.done() and time.time() < deadline:
+        time.sleep(0.05)
+    if job.done():
+        pytest.skip("the model finished its answer before Clear could be pressed")
+    pruned_client.predict(api_name="/clear")
+    time.sleep(2)
+    settled = len(job.outputs())
+    time.sleep(3)
+    assert len(job.outputs()) == settled, "the answer kept growing after Clear"
+    assert job.done()
+
+
+def test_cancel_stops_a_running_calibration(app):
+    c = new_client(app)
+    load(c)
+    assert_ok(calibrate(c)[0])                            # statistics that the cancel must not lose
+    job = c.submit(["toy-math", "toy-code", "toy-tools", "toy-facts", "toy-translation"], 64, "", None, 512,
+                   api_name="/calibrate")
+    time.sleep(1.5)
+    if job.done():
+        pytest.skip("the calibration finished before Cancel could be pressed")
+    c.predict(api_name="/cancel")
+    t0 = time.perf_counter()
+    status, _ = job.result(timeout=120)
+    assert_warning(status, "cancelled")
+    assert time.perf_counter() - t0 < 30, "the calibration kept running after Cancel"
+    assert_ok(prune(c, 0.25))                             # the earlier statistics are still there
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_calibration_upload_with_a_byte_order_mark(app, tmp_path, encoding):
+    c = new_client(app)
+    load(c)
+    good = tmp_path / "calib.jsonl"
+    good.write_bytes('{"text": "The capital of France is Paris."}\n{"text": "2 + 2 = 4"}\n'.encode(encoding))
+    status, stats_file = calibrate(c, upload=handle_file(str(good)))
+    assert_ok(status)
+    assert "2 samples" in status
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", None], ids=["empty", "garbage", "truncated"])
+def test_bad_statistics_upload(pruned_client, tmp_path, content):
+    """Never a bare 'Error': a message, and the session's statistics and prune are kept."""
+    bad = tmp_path / "stats.npz"
+    if content is None:   # the first half of a real statistics file
+        _status, real = calibrate(pruned_client)
+        data = Path(real).read_bytes()
+        content = data[: len(data) // 2]
+    bad.write_bytes(content)
+    status = pruned_client.predict(handle_file(str(bad)), api_name="/upload_stats")
+    assert_warning(status, "stats.npz")
+    assert_ok(prune(pruned_client, 0.5))
