@@ -22,21 +22,23 @@ GEMMA4_TURN_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
 
 
-def char_tokenizer() -> Any:
-    """A character-level fast tokenizer with Gemma 4 special tokens and turn-format chat template."""
+def char_tokenizer(extra_special_tokens: dict[str, str] | None = None) -> Any:
+    """A character-level fast tokenizer with Gemma 4 special tokens and turn-format chat template.
+    `extra_special_tokens` (name -> token, e.g. a processor's image tokens) come right after them."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
-    chars = sorted(set(string.printable))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for c in chars:
+    specials = SPECIAL_TOKENS + list((extra_special_tokens or {}).values())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for c in sorted(set(string.printable)):
         vocab.setdefault(c, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens(specials)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+                                   unk_token="<unk>", **({"extra_special_tokens": extra_special_tokens}
+                                                         if extra_special_tokens else {}))
     fast.chat_template = GEMMA4_TURN_TEMPLATE
     return fast
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ class AppProcess:
     log_path: Path
     startup_seconds: float   # Popen -> first HTTP 200 on /
     cwd: Path = ROOT         # the app's working folder
+    temp_home: Path | None = None   # the HOME made for it, removed with it
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -60,8 +62,11 @@ def start_app(timeout: float = 120.0, env: dict | None = None, cwd: Path | None 
     `cwd`: the folder the app runs in (what "." means to it); default the checkout."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
+    # HOME is a fresh temporary folder: whatever the app does with "~" (a regression once exported
+    # into it, replacing the real home folder) stays inside temp
+    home = tempfile.mkdtemp(prefix="reap-app-home-")
     full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "HOME": home, **(env or {})}
     log_fd, log_name = tempfile.mkstemp(prefix="reap-app-", suffix=".log")
     log_path = Path(log_name)
     t0 = time.perf_counter()
@@ -69,7 +74,7 @@ def start_app(timeout: float = 120.0, env: dict | None = None, cwd: Path | None 
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=cwd or ROOT, env=full_env, stdout=log_fd,
                             stderr=subprocess.STDOUT, start_new_session=True)
     os.close(log_fd)
-    app = AppProcess(url, proc, log_path, 0.0, cwd or ROOT)
+    app = AppProcess(url, proc, log_path, 0.0, cwd or ROOT, Path(home))
     deadline = t0 + timeout
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
@@ -95,6 +100,8 @@ def stop_app(app: AppProcess, grace: float = 10.0) -> None:
             app.proc.wait(timeout=grace)
     with contextlib.suppress(OSError):
         app.log_path.unlink()
+    if app.temp_home is not None:
+        shutil.rmtree(app.temp_home, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, sync_api  # noqa: F401  (skips without chromium)
+from test_app_browser import SHOTS, browser, sync_api  # noqa: F401  (skips without chromium; browser is a fixture)
 from app_server import running_app  # noqa: E402
 
 VIEWPORTS = {"desktop": (1440, 1000), "phone": (390, 844)}
@@ -22,16 +22,6 @@ def public_app(tmp_path_factory):
            "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
     with running_app(timeout=120, env=env, cwd=tmp_path_factory.mktemp("cwd")) as a:
         yield a
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_page(browser, url: str, size: tuple[int, int]):

@@ -79,7 +79,12 @@ def space(work, hub, openid_provider, tmp_path_factory):
            "OAUTH_SCOPES": "openid profile write-repos", "OPENID_PROVIDER_URL": openid_provider,
            "HF_TOKEN": OWNER, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
            "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "REAP_STUDIO_WORKDIR": str(work)}
-    with running_app(timeout=120, env=env, cwd=tmp_path_factory.mktemp("space-cwd")) as a:
+    # "~", "." and "../" of the app all lie inside temporary folders of this module
+    base = tmp_path_factory.mktemp("space")
+    (base / "home").mkdir()
+    (base / "cwd").mkdir()
+    env["HOME"] = str(base / "home")
+    with running_app(timeout=120, env=env, cwd=base / "cwd") as a:
         yield a
 
 
