@@ -13,17 +13,37 @@ from reap_core.observer import observe
 from reap_core.plan import PruningPlan, check_ratio, make_plan, plan_from_scores
 from reap_core.prune import PLAN_FILE, SCORES_FILE, save_pruned
 from reap_core.saliency import CRITERIA, compute_scores, super_experts
+from reap_core.stats import ExpertStats
 
 
 @pytest.mark.parametrize("ratio,kept", [(0.2, 103), (0.3, 90), (0.5, 64), (0.9375, 8)])
 def test_selection_counts_for_128_experts(ratio, kept):
-    scores = np.random.default_rng(0).random((30, 128))
+    # kept = 128 - floor(128 * ratio): 128 - 25, 128 - 38, 128 - 64, 128 - 120
+    scores = np.random.default_rng(0).random((30, 128))     # distinct values: no ties
     plan = plan_from_scores(scores, ratio, top_k=8, layer_indices=list(range(30)))
     assert plan.num_kept == kept and all(len(k) == kept for k in plan.kept)
-    # the pruned experts are exactly the lowest-scoring ones
+    # "the lowest-scoring are pruned": every pruned expert scores below every kept one
     for row in range(30):
-        worst = set(np.argsort(scores[row], kind="stable")[:128 - kept].tolist())
-        assert set(plan.pruned(row)) == worst
+        pruned, kept_ids = list(plan.pruned(row)), list(plan.kept[row])
+        assert len(pruned) == 128 - kept and sorted(pruned + kept_ids) == list(range(128))
+        assert scores[row, pruned].max() < scores[row, kept_ids].min()
+
+
+def test_selection_worked_example_with_ties():
+    # expert:   0    1    2    3    4    5    6    7
+    scores = [[0.5, 0.1, 0.3, 0.1, 0.9, 0.2, 0.7, 0.3],
+              [4.0, 4.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0]]
+    # ratio 0.5 of 8 -> prune 4 per layer. Layer 0, ascending: 0.1 (1, 3), 0.2 (5), then 0.3 is tied
+    # between experts 2 and 7: the lower id goes first, so 2 is pruned and 7 kept.
+    # Layer 1: the four 1.0s (4..7) are pruned; no tie at the boundary.
+    plan = plan_from_scores(np.array(scores), 0.5, top_k=2, layer_indices=[3, 5])
+    assert plan.kept == ((0, 4, 6, 7), (0, 1, 2, 3))
+    assert plan.pruned(0) == (1, 2, 3, 5) and plan.pruned(1) == (4, 5, 6, 7)
+    assert plan.layer_indices == (3, 5)
+    # 0.25 -> floor(2) = 2 pruned: experts 1 and 3 (the two 0.1s); in layer 1 the tie is among
+    # the four 1.0s, and the two lowest ids (4, 5) go
+    plan = plan_from_scores(np.array(scores), 0.25, top_k=2, layer_indices=[3, 5])
+    assert plan.pruned(0) == (1, 3) and plan.pruned(1) == (4, 5)
 
 
 def test_floor_is_robust_to_float_error():
@@ -60,18 +80,64 @@ def test_protection_keeps_super_experts_for_every_criterion(tiny, calib):
         make_plan(stats, 0.75, "reap", protect_super_experts=True)
 
 
-def test_criteria_definitions(tiny, calib):
-    stats = observe(tiny, calib, batch_size=4)
-    count, gsum, nsum, gnsum = (stats.total(k) for k in ("count", "gate_sum", "norm_sum", "gated_norm_sum"))
-    reap = compute_scores(stats, "reap")
-    routed = count > 0
-    assert np.allclose(reap[routed], gnsum[routed] / count[routed]) and (reap[~routed] == 0).all()
-    assert np.allclose(compute_scores(stats, "weighted_ean_sum"), count * reap)
-    assert np.array_equal(compute_scores(stats, "frequency"), count)
-    assert np.array_equal(compute_scores(stats, "weighted_frequency"), gsum)
-    assert np.array_equal(compute_scores(stats, "ean_sum"), nsum)
+def _worked_stats() -> ExpertStats:
+    """One layer, three experts, top-1, two categories; the routed pairs (category, expert, gate, ||f||, max|f|):
+        a, 0, 0.50, 2.0, 0.9      b, 0, 1.00, 2.0, 3.0      a, 1, 0.50, 4.0, 0.4
+        a, 0, 0.25, 4.0, 0.6      b, 0, 0.50, 4.0, 1.2
+    and expert 2 never routed. gate x ||f||: expert 0 gives 1.0, 1.0 (a) and 2.0, 2.0 (b); expert 1 gives 2.0."""
+    def arr(a, b):   # [C=2 (a, b), L=1, E=3]
+        return np.array([[a], [b]], dtype=np.float64)
+
+    arrays = {
+        "count": arr([2, 1, 0], [2, 0, 0]),
+        "gate_sum": arr([0.75, 0.5, 0], [1.5, 0, 0]),
+        "norm_sum": arr([6.0, 4.0, 0], [6.0, 0, 0]),
+        "gated_norm_sum": arr([2.0, 2.0, 0], [4.0, 0, 0]),
+        "norm_max": arr([4.0, 4.0, 0], [4.0, 0, 0]),
+        "act_max": arr([0.9, 0.4, 0], [3.0, 0, 0]),
+    }
+    return ExpertStats(model_id="worked", layer_indices=[0], num_experts=3, top_k=1, categories=["a", "b"],
+                       arrays=arrays, tokens_per_category=[3, 2])
+
+
+WORKED_SCORES = [
+    ("reap", [1.5, 2.0, 0.0]),                   # (1 + 1 + 2 + 2) / 4 pairs; 2.0 / 1; never routed -> 0
+    ("weighted_ean_sum", [6.0, 2.0, 0.0]),       # 1 + 1 + 2 + 2; 2.0
+    ("frequency", [4.0, 1.0, 0.0]),
+    ("ean_sum", [12.0, 4.0, 0.0]),               # 2 + 4 + 2 + 4; 4
+    ("ean_mean", [3.0, 4.0, 0.0]),               # 12 / 4; 4 / 1
+    ("weighted_frequency", [2.25, 0.5, 0.0]),    # 0.5 + 0.25 + 1.0 + 0.5; 0.5
+    ("max_activation", [3.0, 0.4, 0.0]),
+]
+
+
+@pytest.mark.parametrize("criterion,expected", WORKED_SCORES)
+def test_criteria_on_a_worked_example(criterion, expected):
+    assert compute_scores(_worked_stats(), criterion).tolist() == [pytest.approx(expected)]
+
+
+def test_every_data_driven_criterion_has_a_worked_example():
+    assert {name for name, _ in WORKED_SCORES} == set(CRITERIA) - {"random"}
+
+
+def test_criteria_from_chosen_categories_and_the_plans_they_give():
+    stats = _worked_stats()
+    assert compute_scores(stats, "reap", ["a"]).tolist() == [pytest.approx([1.0, 2.0, 0.0])]   # (1 + 1) / 2
+    assert compute_scores(stats, "reap", ["b"]).tolist() == [pytest.approx([2.0, 0.0, 0.0])]   # (2 + 2) / 2
+    assert compute_scores(stats, "frequency", ["b"]).tolist() == [pytest.approx([2.0, 0.0, 0.0])]
+    assert compute_scores(stats, "max_activation", ["a"]).tolist() == [pytest.approx([0.9, 0.4, 0.0])]
+    # ratio 2/3 of 3 experts prunes floor(2.01) = 2, keeps 1: REAP keeps expert 1 (2.0 > 1.5),
+    # frequency keeps expert 0 (4 > 1), and REAP from category b alone keeps expert 0 (2.0 > 0)
+    assert make_plan(stats, 0.67, "reap").kept == ((1,),)
+    assert make_plan(stats, 0.67, "frequency").kept == ((0,),)
+    assert make_plan(stats, 0.67, "reap", categories=["b"]).kept == ((0,),)
+
+
+def test_random_criterion_and_unknown_names():
+    stats = _worked_stats()
     assert np.array_equal(compute_scores(stats, "random", seed=1), compute_scores(stats, "random", seed=1))
     assert not np.array_equal(compute_scores(stats, "random", seed=1), compute_scores(stats, "random", seed=2))
+    assert compute_scores(stats, "random", seed=1).shape == (stats.num_layers, stats.num_experts)
     with pytest.raises(InvalidPlan, match="unknown criterion 'nope'.*reap"):
         compute_scores(stats, "nope")
 
