@@ -1,4 +1,4 @@
-"""Cost of a fidelity sweep (evaluate.run_fidelity_sweep) beside plain forward passes, in one run.
+"""Cost of a fidelity sweep (fidelity.run_fidelity_sweep) beside plain forward passes, in one run.
 
   plain pass   one forward over the whole held-out set (all positions' logits, no mask), the
                unit the sweep is measured in; timed 3x before and 3x after the sweep (drift and
@@ -26,19 +26,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from reap_core import evaluate as ev  # noqa: E402
+from reap_core import fidelity as fid  # noqa: E402
 from reap_core.calibration import build_calibration  # noqa: E402
+from reap_core.heldout import HeldOut, build_heldout, calibration_exclusion  # noqa: E402
 from reap_core.masking import masked_view  # noqa: E402
 from reap_core.model import load_model  # noqa: E402
 from reap_core.observer import observe  # noqa: E402
+from reap_core.viz import fidelity_figure  # noqa: E402
 
 
 @torch.inference_mode()
-def plain_pass(loaded, heldout: ev.HeldOut, batch_size: int) -> tuple[float, float]:
+def plain_pass(loaded, heldout: HeldOut, batch_size: int) -> tuple[float, float]:
     """(wall, process CPU) seconds of one forward over the held-out set."""
     t0, c0 = time.perf_counter(), time.process_time()
     with masked_view(loaded, None):
-        for ids, attn, _, _, _ in ev._batches(heldout, batch_size, loaded.tokenizer.pad_token_id or 0):
+        for ids, attn, _, _, _ in fid.heldout_batches(heldout, batch_size, loaded.tokenizer.pad_token_id or 0):
             loaded.model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float().log_softmax(-1)
     return time.perf_counter() - t0, time.process_time() - c0
 
@@ -50,8 +52,8 @@ def main() -> None:
     ap.add_argument("--samples-per-category", type=int, default=16)
     ap.add_argument("--heldout", default="toy", help="toy[:N] | gemma4-bench | a calibration spec")
     ap.add_argument("--per-domain", type=int, default=8)
-    ap.add_argument("--ratios", default=",".join(str(r) for r in ev.DEFAULT_RATIOS))
-    ap.add_argument("--criteria", default=",".join(ev.DEFAULT_CRITERIA))
+    ap.add_argument("--ratios", default=",".join(str(r) for r in fid.DEFAULT_RATIOS))
+    ap.add_argument("--criteria", default=",".join(fid.DEFAULT_CRITERIA))
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--html", help="write the KL figure here")
@@ -64,8 +66,8 @@ def main() -> None:
     t0 = time.perf_counter()
     stats = observe(loaded, calib, batch_size=8, top_tokens_per_expert=0)
     t_cal = time.perf_counter() - t0
-    heldout = ev.build_heldout(args.heldout, loaded.tokenizer, ev.calibration_exclusion(calib, loaded.tokenizer),
-                               per_category=args.per_domain)
+    heldout = build_heldout(args.heldout, loaded.tokenizer, calibration_exclusion(calib, loaded.tokenizer),
+                            per_category=args.per_domain)
     ratios = [float(r) for r in args.ratios.split(",")]
     criteria = [c.strip() for c in args.criteria.split(",")]
     h = heldout.describe()
@@ -82,7 +84,7 @@ def main() -> None:
     plain_pass(loaded, heldout, args.batch_size)  # warm-up
     plain = [plain_pass(loaded, heldout, args.batch_size) for _ in range(3)]
     t0, c0 = time.perf_counter(), time.process_time()
-    result = ev.run_fidelity_sweep(loaded, stats, heldout, ratios, criteria, batch_size=args.batch_size)
+    result = fid.run_fidelity_sweep(loaded, stats, heldout, ratios, criteria, batch_size=args.batch_size)
     t_sweep, c_sweep = time.perf_counter() - t0, time.process_time() - c0
     plain += [plain_pass(loaded, heldout, args.batch_size) for _ in range(3)]
     t = result.timing
@@ -111,7 +113,7 @@ def main() -> None:
     print(result.format_table("ppl_ratio"))
     print(f"\noriginal perplexity on the scored tokens: {result.original_ppl:.3f}")
     if args.html:
-        ev.fidelity_figure(result, "kl", current_ratio=0.3).write_html(args.html)
+        fidelity_figure(result, "kl", current_ratio=0.3).write_html(args.html)
         print(f"figure written to {args.html}")
 
 

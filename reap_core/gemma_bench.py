@@ -2,12 +2,13 @@
 
 What enters: nothing (the items ship in assets/eval/gemma4-bench.jsonl) or a model's raw answer.
 What leaves: `BenchItem`s (a prompt and one reference answer), a yes/no from `check(item, raw)`,
-and `SUITE`, the same items as a `task_eval.Suite` so `run_suite` can use them.
+and the prompts of the generation-quality check. task_eval.SUITES registers the items as the
+"gemma4-bench" suite; this module knows nothing of suites (it imports no other evaluation module).
 
 The items were written for this project (no dataset was copied): 20 grade-school word problems
 with one integer answer and 16 four-option multiple-choice questions (science, everyday facts,
 programming). Each has a short worked solution, so the same items double as held-out text for the
-fidelity sweep (evaluate.py): an item rendered with its solution is a full conversation.
+fidelity sweep (heldout.py): an item rendered with its solution is a full conversation.
 
 Answer extraction understands Gemma 4's thinking channel: reasoning comes as
 `<|channel>thought\\n ... <channel|>` before the answer, and only the text after the channel is
@@ -15,7 +16,7 @@ graded (chat.split_reasoning). A reasoning channel that never closes (token budg
 leaves no answer: graded wrong and counted as `unfinished`. When the decoder dropped the channel
 markers (skip_special_tokens), the LAST "Answer:" line still comes after the reasoning.
 
-No torch here: data, prompts and grading only; evaluate.py runs the model.
+No torch here: data, prompts and grading only; task_eval.py and generation_quality.py run the model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ BENCH_FILE = ASSETS_DIR / "eval" / "gemma4-bench.jsonl"
 NAME = "gemma4-bench"
 DOMAINS = ("math", "multiple-choice")
 LETTERS = "ABCD"
-MAX_NEW_TOKENS = 384            # a worked answer; with thinking on, evaluate.py uses more
+MAX_NEW_TOKENS = 384            # a worked answer; with thinking on, task_eval.py uses more
 
 _MATH_INSTRUCTION = "Show your working briefly, then end with a line of the form 'Answer: <number>'."
 _MC_INSTRUCTION = "Think it through briefly, then end with a line of the form 'Answer: <letter>'."
@@ -157,25 +158,7 @@ def check(item: BenchItem, raw: str) -> bool:
     return got == item.answer
 
 
-# --- the same items as a task_eval suite --------------------------------------------------------
-
-def _suite():
-    from .task_eval import Suite  # local import: task_eval is owned elsewhere, keep this module light
-
-    return Suite(name=NAME, domains=DOMAINS, generate=lambda domain, n, seed: items(domain, n),
-                 check=lambda domain, item, answer: check(item, answer),
-                 to_messages=lambda item: to_messages(item, with_answer=False),
-                 default_seed=0, max_new_tokens=MAX_NEW_TOKENS)
-
-
-def register_suite() -> None:
-    """Make `run_suite(..., suite="gemma4-bench")` and `python -m reap_core eval --suite gemma4-bench` work."""
-    from .task_eval import SUITES
-
-    SUITES.setdefault(NAME, _suite())
-
-
-# --- prompts for the generation-quality check (evaluate.generation_quality) --------------------
+# --- prompts for the generation-quality check (generation_quality.py) ---------------------------
 # (domain, prompt). Written for this project. "long-answer" asks for a long text, so a model that
 # stops early or rambles shows; "repetition-stress" asks for long lists and enumerations, where a
 # damaged model falls into loops first.

@@ -1,24 +1,38 @@
-"""Task evaluation: greedy answers to held-out items, checked exactly, accuracy per domain.
+"""Task accuracy: greedy answers to held-out items, checked exactly, per domain — original vs pruned.
 
-What enters: a causal LM, its tokenizer (with a chat template), a suite name ("toy") and a count
-of items per domain. What leaves: a `SuiteResult` with (correct, total) per domain.
+What enters: a model and its tokenizer (with a chat template), or a `LoadedModel` and a
+`PruningPlan`; a suite name and a count of items per domain. What leaves: a `SuiteResult`
+((correct, total) per domain, for one variant) or a `TaskReport` (both variants, same items).
 
-Generation runs batched in the calling thread (no worker threads), because the pruned view of a
-model is a router mask held in a contextvar of the calling thread: eval must see the same mask
-as the caller. Prompts go through the tokenizer's own chat template with the generation prompt,
-left padded, greedy; the decoded assistant text is handed to the suite's checker.
+SUITES is the one registry of suites: "toy" (the bundled model's five domains, toy_tasks.py) and
+"gemma4-bench" (built-in items for real chat models, gemma_bench.py). Every path — the CLI with or
+without --ratio, the app, the scripts — scores through `run_suite`, which answers through
+greedy.generate_greedy, so the original gets the same score wherever it is measured;
+`suite_accuracy` adds the settings that fit the model and the masked view.
 
-CLI (wired by the engine): python -m reap_core eval --model assets/toy-gemma4-moe --suite toy
+The checker grades the answer after the reasoning channel (chat.split_reasoning). A reasoning
+channel that never closes (token budget exhausted) leaves no answer: graded wrong and counted as
+`unfinished`. With thinking on, the budget is 4x the suite's.
+
+CLI: python -m reap_core eval --model assets/toy-gemma4-moe --suite toy
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+from . import gemma_bench, toy_tasks
+from .eval_defaults import defaults_for
+from .greedy import Progress, generate_greedy
+from .masking import masked_view
+from .model import LoadedModel
+from .plan import PruningPlan
 
-from reap_core import toy_tasks
+if TYPE_CHECKING:
+    pass
+
+THINKING_BUDGET = 4          # with thinking on, the token budget is this many times the suite's
 
 
 @dataclass(frozen=True)
@@ -28,32 +42,41 @@ class Suite:
     name: str
     domains: tuple[str, ...]
     generate: Callable[[str, int, int], list]  # (domain, n, seed) -> items with .prompt
-    check: Callable[[str, object, str], bool]  # (domain, item, answer) -> correct?
-    to_messages: Callable[[object], list[dict]]  # item -> chat messages without the answer
+    check: Callable[[str, Any, str], bool]     # (domain, item, answer text) -> correct?
+    to_messages: Callable[[Any], list[dict]]   # item -> chat messages without the answer
     default_seed: int
     max_new_tokens: int  # longest reference answer of the suite plus margin
 
 
 SUITES: dict[str, Suite] = {
     "toy": Suite(
-        name="toy",
-        domains=toy_tasks.DOMAINS,
-        generate=toy_tasks.generate,
-        check=toy_tasks.check,
+        name="toy", domains=toy_tasks.DOMAINS, generate=toy_tasks.generate, check=toy_tasks.check,
         to_messages=lambda item: toy_tasks.to_messages(item, with_answer=False),
-        default_seed=toy_tasks.EVAL_SEED,
-        max_new_tokens=80,
-    ),
+        default_seed=toy_tasks.EVAL_SEED, max_new_tokens=80),
+    gemma_bench.NAME: Suite(   # items in file order: the seed is not used
+        name=gemma_bench.NAME, domains=gemma_bench.DOMAINS,
+        generate=lambda domain, n, seed: gemma_bench.items(domain, n),
+        check=lambda domain, item, answer: gemma_bench.check(item, answer),
+        to_messages=lambda item: gemma_bench.to_messages(item, with_answer=False),
+        default_seed=0, max_new_tokens=gemma_bench.MAX_NEW_TOKENS),
 }
 
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown eval suite {name!r}; valid suites: {', '.join(sorted(SUITES))}")
+    return SUITES[name]
+
+
+# --- one variant ---------------------------------------------------------------------------------
 
 @dataclass
 class SuiteResult:
     suite: str
     per_domain: dict[str, tuple[int, int]]  # domain -> (correct, total)
     seed: int = 0
-    # A few (prompt, answer, correct) triples per domain, for the UI and for debugging.
-    examples: dict[str, list[tuple[str, str, bool]]] = field(default_factory=dict)
+    unfinished: int = 0          # answers whose reasoning never closed (graded wrong)
+    max_new_tokens: int = 0      # the token budget used
 
     @property
     def mean_accuracy(self) -> float:
@@ -72,6 +95,8 @@ class SuiteResult:
             "per_domain": {d: {"correct": c, "total": t, "accuracy": c / t if t else 0.0}
                            for d, (c, t) in self.per_domain.items()},
             "mean_accuracy": self.mean_accuracy,
+            "unfinished": self.unfinished,
+            "max_new_tokens": self.max_new_tokens,
         }
 
     def format_table(self) -> str:
@@ -80,74 +105,95 @@ class SuiteResult:
         for d, (c, t) in self.per_domain.items():
             lines.append(f"{d:<{width}}  {c:>3}/{t:<3}  {c / t if t else 0.0:8.1%}")
         lines.append(f"{'mean':<{width}}  {'':7}  {self.mean_accuracy:8.1%}")
+        if self.unfinished:
+            lines.append(f"{self.unfinished} answers ran out of tokens inside the reasoning channel (graded wrong)")
         return "\n".join(lines)
 
 
-def get_suite(name: str) -> Suite:
-    if name not in SUITES:
-        from . import gemma_bench  # registered lazily: it reads its items from assets/eval
-        gemma_bench.register_suite()
-    if name not in SUITES:
-        raise ValueError(f"unknown eval suite {name!r}; valid suites: {', '.join(sorted(SUITES))}")
-    return SUITES[name]
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                     batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
-                     ) -> list[str]:
-    """Greedy assistant answers (decoded text, special tokens dropped), one per conversation."""
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-               for c in conversations]
-    # Sort by length so a batch pads little; restore the order at the end.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    was_training = model.training
-    model.eval()
-    eos = model.generation_config.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-        eos[0] if isinstance(eos, list) else eos)
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
-            # The template already starts with <bos>: no extra special tokens.
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad, eos_token_id=eos)
-            new = out[:, enc["input_ids"].shape[1]:]
-            for i, row in zip(idx, new):
-                answers[i] = tokenizer.decode(row, skip_special_tokens=True)
-            if progress is not None:
-                progress(min(start + batch_size, len(order)), len(order))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return answers
-
-
-def run_suite(model, tokenizer, suite: str = "toy", items_per_domain: int = 40,
-              seed: int = toy_tasks.EVAL_SEED, max_new_tokens: int | None = None,
-              batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
-              ) -> SuiteResult:
+def run_suite(model, tokenizer, suite: str = "toy", items_per_domain: int = 40, seed: int | None = None,
+              max_new_tokens: int | None = None, batch_size: int = 16, progress: Progress | None = None,
+              thinking: bool = False) -> SuiteResult:
     """Accuracy per domain of greedy answers on `items_per_domain` held-out items per domain.
 
-    The eval seed differs from the training and calibration seeds (see toy_tasks). `progress`,
-    if given, is called with (items done, items total) after each batch.
+    `seed` defaults to the suite's (toy: toy_tasks.EVAL_SEED, apart from the training and
+    calibration seeds). `progress`, if given, is called with (items done, items total) after each batch.
     """
     s = get_suite(suite)
+    seed = s.default_seed if seed is None else seed
+    budget = max_new_tokens or (THINKING_BUDGET * s.max_new_tokens if thinking else s.max_new_tokens)
     items = [(d, it) for d in s.domains for it in s.generate(d, items_per_domain, seed)]
-    answers = generate_answers(model, tokenizer, [s.to_messages(it) for _, it in items],
-                               max_new_tokens or s.max_new_tokens, batch_size, progress)
+    answers = generate_greedy(model, tokenizer, [s.to_messages(it) for _, it in items], budget, batch_size,
+                              thinking, progress)
     per_domain = {d: (0, 0) for d in s.domains}
-    examples: dict[str, list[tuple[str, str, bool]]] = {d: [] for d in s.domains}
     for (d, it), ans in zip(items, answers):
-        ok = s.check(d, it, ans)
         c, t = per_domain[d]
-        per_domain[d] = (c + int(ok), t + 1)
-        if len(examples[d]) < 3:
-            examples[d].append((it.prompt, ans, ok))
-    return SuiteResult(suite=s.name, per_domain=per_domain, seed=seed, examples=examples)
+        per_domain[d] = (c + int(s.check(d, it, ans.text)), t + 1)
+    return SuiteResult(suite=s.name, per_domain=per_domain, seed=seed, max_new_tokens=budget,
+                       unfinished=sum(a.unfinished for a in answers))
+
+
+def suite_accuracy(loaded: LoadedModel, plan: PruningPlan | None = None, suite: str = "auto",
+                   items_per_domain: int | None = None, thinking: bool = False, max_new_tokens: int | None = None,
+                   batch_size: int | None = None, progress: Progress | None = None) -> SuiteResult:
+    """`run_suite` on the masked view of `plan` (None = the original), with the suite and batch
+    size that fit the model (eval_defaults) — the one call behind every original-vs-pruned number."""
+    d = defaults_for(loaded)
+    with masked_view(loaded, plan):
+        return run_suite(loaded.model, loaded.tokenizer, d["suite"] if suite == "auto" else suite,
+                         items_per_domain=items_per_domain or 40, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size or d["batch_size"], progress=progress, thinking=thinking)
+
+
+# --- both variants -------------------------------------------------------------------------------
+
+@dataclass
+class TaskReport:
+    suite: str
+    per_domain: dict[str, dict[str, list[int]]]   # domain -> {"original": [correct, total], "pruned": [...]}
+    plan: dict
+    settings: dict
+    unfinished: dict[str, int] = field(default_factory=dict)   # variant -> reasoning never closed
+
+    def accuracy(self, variant: str, domain: str | None = None) -> float:
+        rows = [self.per_domain[domain]] if domain else list(self.per_domain.values())
+        c, t = sum(r[variant][0] for r in rows), sum(r[variant][1] for r in rows)
+        return c / t if t else 0.0
+
+    @property
+    def samples(self) -> int:
+        return sum(r["original"][1] for r in self.per_domain.values())
+
+    def format_table(self) -> str:
+        lines = ["| Domain | N | Original | Pruned |", "|---|---:|---:|---:|"]
+        for d, r in self.per_domain.items():
+            (oc, ot), (pc, pt) = r["original"], r["pruned"]
+            lines.append(f"| {d} | {ot} | {oc}/{ot} ({oc / max(ot, 1):.0%}) | {pc}/{pt} ({pc / max(pt, 1):.0%}) |")
+        lines.append(f"| **all** | {self.samples} | {self.accuracy('original'):.1%} | {self.accuracy('pruned'):.1%} |")
+        if any(self.unfinished.values()):
+            lines.append(f"\nRan out of tokens inside the reasoning channel (graded wrong): original "
+                         f"{self.unfinished.get('original', 0)}, pruned {self.unfinished.get('pruned', 0)}.")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def task_accuracy(loaded: LoadedModel, plan: PruningPlan, suite: str = "auto", items_per_domain: int | None = None,
+                  thinking: bool = False, max_new_tokens: int | None = None, batch_size: int | None = None,
+                  progress: Progress | None = None) -> TaskReport:
+    """Accuracy per domain, original vs pruned, on the same items (greedy, same settings)."""
+    per: dict[str, dict[str, list[int]]] = {}
+    unfinished: dict[str, int] = {}
+    for v, (variant, p) in enumerate((("original", None), ("pruned", plan))):
+        step = (lambda done, t, v=v: progress(v * t + done, 2 * t)) if progress else None
+        res = suite_accuracy(loaded, p, suite, items_per_domain, thinking, max_new_tokens, batch_size, step)
+        for dom, (c, t) in res.per_domain.items():
+            per.setdefault(dom, {})[variant] = [c, t]
+        unfinished[variant] = res.unfinished
+    n_items = sum(t for _, t in res.per_domain.values())
+    settings = dict(items_per_domain=items_per_domain or 40, items=n_items, seed=res.seed, thinking=thinking,
+                    max_new_tokens=res.max_new_tokens, batch_size=batch_size or defaults_for(loaded)["batch_size"],
+                    greedy=True)
+    return TaskReport(suite=res.suite, per_domain=per, unfinished=unfinished, settings=settings,
+                      plan=dict(criterion=plan.criterion, ratio=plan.compression_ratio, experts_kept=plan.num_kept,
+                                num_experts=plan.num_experts))

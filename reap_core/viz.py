@@ -1,15 +1,20 @@
-"""Figures from statistics and plans (Plotly). Pure functions: data in, figure out, no model work,
-so the app can redraw them on every slider move (30 layers x 128 experts in a few ms).
+"""Figures from statistics, plans and fidelity sweeps (Plotly). Pure functions: data in, figure out,
+no model work, so the app can redraw them on every slider move (30 layers x 128 experts in a few ms).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import plotly.graph_objects as go
 
-from .plan import PruningPlan
+from .plan import PruningPlan, experts_to_prune
 from .saliency import get_criterion
 from .stats import ExpertStats
+
+if TYPE_CHECKING:   # only the type: fidelity.py runs models (torch), this module draws
+    from .fidelity import FidelityResult
 
 _HEAT = "Viridis"
 
@@ -91,4 +96,31 @@ def criteria_agreement(stats: ExpertStats, plan_a: PruningPlan, plan_b: PruningP
     fig.update_layout(title=f"{la} vs {lb}: {mean:.1f} of {n} pruned experts in common per layer (mean)",
                       yaxis_title="experts pruned by both", yaxis=dict(range=[0, max(n, 1) * 1.08]),
                       height=320, margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def fidelity_figure(result: FidelityResult, metric: str = "kl", current_ratio: float | None = None) -> go.Figure:
+    """Ratio on x, the metric on y, one line per criterion; the current ratio as a vertical line."""
+    title, baseline = result.metric_axis(metric)
+    fig = go.Figure()
+    kept = [result.experts_kept(r) for r in result.ratios]
+    for c in result.criteria:
+        fig.add_trace(go.Scatter(
+            x=result.ratios, y=result.series(c, metric), mode="lines+markers", name=get_criterion(c).label,
+            customdata=kept, hovertemplate=(f"{get_criterion(c).label}<br>ratio %{{x:.0%}} · %{{customdata}} of "
+                                            f"{result.num_experts} kept<br>{metric}: %{{y:.4g}}<extra></extra>")))
+    fig.add_hline(y=baseline, line_dash="dot", line_color="gray")
+    if current_ratio is not None:
+        n_kept = result.num_experts - experts_to_prune(result.num_experts, current_ratio)
+        fig.add_vline(x=current_ratio, line_dash="dash", line_color="firebrick",
+                      annotation_text=f"current {current_ratio:.0%} ({n_kept} kept)", annotation_position="top")
+    h = result.heldout
+    fig.update_layout(
+        title=f"Fidelity vs compression — {h.get('sequences')} held-out sequences, {h.get('scored_tokens')} "
+              f"scored tokens ({result.scored_label()})",
+        xaxis=dict(title="compression ratio (fraction of experts pruned per layer)", tickformat=".0%"),
+        yaxis_title=title, height=380, margin=dict(l=60, r=20, t=60, b=50),
+        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    if metric == "top1":
+        fig.update_yaxes(range=[0, 1.02])
     return fig

@@ -1,20 +1,26 @@
-"""Evaluation: fidelity metrics and sweep, loop/collapse detection, answer extraction, reports."""
+"""The Evaluate step: held-out data (heldout.py), fidelity metrics and sweep (fidelity.py), loop and
+collapse detection (generation_quality.py), suites, answer extraction and task accuracy
+(task_eval.py, gemma_bench.py, greedy.py), the figure (viz.py) and the card rows."""
 
 import json
 import math
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
-from reap_core import evaluate as ev
-from reap_core import gemma_bench, task_eval, toy_tasks
+from reap_core import fidelity as fid
+from reap_core import card as card_rows, gemma_bench, task_eval, toy_tasks
+from reap_core import generation_quality as gq
+from reap_core import heldout as ho
 from reap_core.calibration import Sample, tokenize_samples
 from reap_core.errors import InvalidPlan
 from reap_core.masking import masked_view
-from reap_core.model import wrap_model
+from reap_core.model import BUNDLED_MODEL_DIR, wrap_model
 from reap_core.observer import observe
 from reap_core.plan import PruningPlan, make_plan
 from reap_core.tiny import build_tiny_model
+from reap_core.viz import fidelity_figure
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)   # tiny models: 16 experts, top-4 -> at most 0.75
 
@@ -37,7 +43,7 @@ def causal_stats(causal, calib):
 
 @pytest.fixture(scope="module")
 def heldout(tokenizer):
-    return ev.build_heldout("toy:2", tokenizer, max_tokens=160)
+    return ho.build_heldout("toy:2", tokenizer, max_tokens=160)
 
 
 # --- metrics on constructed cases -------------------------------------------------------------
@@ -45,11 +51,11 @@ def heldout(tokenizer):
 def test_compare_identical_and_known_kl():
     ref = torch.randn(7, 11).log_softmax(-1)
     targets = torch.randint(0, 11, (7,))
-    same = ev.compare_log_probs(ref, ref.clone(), targets)
+    same = fid.compare_log_probs(ref, ref.clone(), targets)
     assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["agree"] == 7
     assert same["nll_ref"] == pytest.approx(same["nll_test"])
     p, q = torch.tensor([[0.4, 0.6]]), torch.tensor([[0.9, 0.1]])
-    known = ev.compare_log_probs(p.log(), q.log(), torch.tensor([1]))
+    known = fid.compare_log_probs(p.log(), q.log(), torch.tensor([1]))
     assert known["kl"] == pytest.approx(0.4 * math.log(0.4 / 0.9) + 0.6 * math.log(0.6 / 0.1), rel=1e-5)
     assert known["agree"] == 0
     assert known["nll_test"] - known["nll_ref"] == pytest.approx(math.log(0.6 / 0.1), rel=1e-5)
@@ -59,7 +65,7 @@ def test_a_plan_that_keeps_every_expert_equals_the_original(causal, heldout):
     keep_all = PruningPlan(criterion="none", compression_ratio=0.0, num_experts=causal.num_experts, top_k=causal.top_k,
                            layer_indices=tuple(causal.moe_layer_indices),
                            kept=tuple(tuple(range(causal.num_experts)) for _ in causal.moe_layer_indices))
-    (m,), info = ev.measure_fidelity(causal, heldout, [keep_all], batch_size=4)
+    (m,), info = fid.measure_fidelity(causal, heldout, [keep_all], batch_size=4)
     assert m["kl"] == pytest.approx(0.0, abs=1e-6)
     assert m["top1"] == 1.0 and m["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert info["scored_tokens"] == heldout.num_scored
@@ -69,7 +75,7 @@ def test_a_plan_that_keeps_every_expert_equals_the_original(causal, heldout):
 
 def test_sweep_gives_monotone_plans_and_finite_metrics(tiny, tiny_stats, heldout):
     calls = []
-    res = ev.run_fidelity_sweep(tiny, tiny_stats, heldout, RATIOS, ev.DEFAULT_CRITERIA, batch_size=4,
+    res = fid.run_fidelity_sweep(tiny, tiny_stats, heldout, RATIOS, fid.DEFAULT_CRITERIA, batch_size=4,
                                 progress=lambda d, t: calls.append((d, t)))
     E = tiny.num_experts
     for c in res.criteria:
@@ -81,9 +87,9 @@ def test_sweep_gives_monotone_plans_and_finite_metrics(tiny, tiny_stats, heldout
         assert res.point(c, 0.0).kl == 0.0 and res.point(c, 0.0).top1 == 1.0
         assert res.point(c, 0.75).kl > 1e-4  # pruning 12 of 16 experts changes the distribution
     assert calls[-1][0] == calls[-1][1] and calls[-1][1] == res.timing["batches"] * (1 + res.timing["unique_plans"])
-    back = ev.FidelityResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    back = fid.FidelityResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.series("reap", "kl") == res.series("reap", "kl")
-    fig = ev.fidelity_figure(res, "top1", current_ratio=0.5)
+    fig = fidelity_figure(res, "top1", current_ratio=0.5)
     assert len(fig.data) == len(res.criteria) and list(fig.data[0].x) == list(RATIOS)
     assert any(s.x0 == 0.5 for s in fig.layout.shapes)  # the current ratio is marked
 
@@ -91,7 +97,7 @@ def test_sweep_gives_monotone_plans_and_finite_metrics(tiny, tiny_stats, heldout
 def test_sweep_equals_a_direct_full_logits_computation(causal, causal_stats, heldout):
     """Batching, padding and logits_to_keep must not change the numbers."""
     plan = make_plan(causal_stats, 0.5, "frequency")
-    (batched,), _ = ev.measure_fidelity(causal, heldout, [plan], batch_size=3)
+    (batched,), _ = fid.measure_fidelity(causal, heldout, [plan], batch_size=3)
     kl = agree = n = 0
     with torch.inference_mode():
         for ids, start in zip(heldout.token_ids, heldout.score_from):
@@ -110,15 +116,15 @@ def test_sweep_equals_a_direct_full_logits_computation(causal, causal_stats, hel
 
 def test_infeasible_ratio_is_refused(causal, causal_stats, heldout):
     with pytest.raises(InvalidPlan, match="fewer than"):
-        ev.run_fidelity_sweep(causal, causal_stats, heldout, (0.0, 0.9), ("reap",))
-    assert ev.feasible_ratios(16, 6) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+        fid.run_fidelity_sweep(causal, causal_stats, heldout, (0.0, 0.9), ("reap",))
+    assert fid.feasible_ratios(16, 6) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 
 
 def test_cache_runs_once(causal, causal_stats, heldout, monkeypatch):
-    cache = ev.FidelityCache()
+    cache = fid.FidelityCache()
     first, hit = cache.get_or_run(causal, causal_stats, heldout, (0.0, 0.5), ("reap",), batch_size=8)
     assert not hit
-    monkeypatch.setattr(ev, "run_fidelity_sweep", lambda *a, **k: pytest.fail("cache miss"))
+    monkeypatch.setattr(fid, "run_fidelity_sweep", lambda *a, **k: pytest.fail("cache miss"))
     again, hit = cache.get_or_run(causal, causal_stats, heldout, (0.5, 0.0), ("reap",))
     assert hit and again is first
 
@@ -126,11 +132,12 @@ def test_cache_runs_once(causal, causal_stats, heldout, monkeypatch):
 # --- held-out data ----------------------------------------------------------------------------
 
 def test_heldout_never_contains_calibration_samples(tokenizer):
-    plain = ev.build_heldout("toy:3", tokenizer, max_tokens=1024)
-    first_math = Sample("math", messages=tuple(toy_tasks.to_messages(toy_tasks.generate("math", 1, ev.HELDOUT_SEED)[0])))
+    plain = ho.build_heldout("toy:3", tokenizer, max_tokens=1024)
+    first = toy_tasks.generate("math", 1, ho.HELDOUT_SEED)[0]
+    first_math = Sample("math", messages=tuple(toy_tasks.to_messages(first)))
     calib = tokenize_samples([first_math, Sample("x", text="unrelated")], tokenizer, max_tokens=64)
-    excl = ev.calibration_exclusion(calib, tokenizer)
-    held = ev.build_heldout("toy:3", tokenizer, excl, max_tokens=1024)
+    excl = ho.calibration_exclusion(calib, tokenizer)
+    held = ho.build_heldout("toy:3", tokenizer, excl, max_tokens=1024)
     assert held.excluded == 1 and len(held.token_ids) == len(plain.token_ids) == 15  # topped up
     cal_prefixes = {tuple(ids) for ids in calib.token_ids}
     assert not any(tuple(ids[:64]) in cal_prefixes for ids in held.token_ids)
@@ -138,45 +145,85 @@ def test_heldout_never_contains_calibration_samples(tokenizer):
 
 
 def test_heldout_scores_the_answer_only(tokenizer):
-    held = ev.build_heldout("toy:1", tokenizer)
-    item = toy_tasks.generate(toy_tasks.DOMAINS[0], 1, ev.HELDOUT_SEED)[0]
+    held = ho.build_heldout("toy:1", tokenizer)
+    item = toy_tasks.generate(toy_tasks.DOMAINS[0], 1, ho.HELDOUT_SEED)[0]
     ids, start = held.token_ids[0], held.score_from[0]
     assert tokenizer.decode(ids[start:]).startswith(item.answer)
     assert item.prompt in tokenizer.decode(ids[:start])
-    everything = ev.build_heldout("toy:1", tokenizer, positions="all")
+    everything = ho.build_heldout("toy:1", tokenizer, positions="all")
     assert everything.score_from == [1] * 5 and everything.num_scored > held.num_scored
+
+
+def test_heldout_records_what_was_really_scored(tokenizer, calib_file):
+    """4 raw-text rows and 3 chats: the chats are scored on their answers, the texts on every
+    token, and the record says "mixed" and why, not "answer"."""
+    held = ho.build_heldout(str(calib_file), tokenizer)
+    texts = [i for i, c in enumerate(held.categories) if c == "greek"]
+    assert len(held.token_ids) == 7 and len(texts) == 4
+    assert [held.score_from[i] for i in texts] == [1, 1, 1, 1]
+    assert all(held.score_from[i] > 1 for i in range(7) if i not in texts)
+    d = held.describe()
+    assert d["positions"] == "mixed" and d["positions_requested"] == "answer" and d["all_tokens_sequences"] == 4
+    assert d["positions_note"] == ("4 of 7 sequences scored on all tokens: their answer could not be located "
+                                   "(no assistant turn (4))")
+    chats = ho.build_heldout("toy:1", tokenizer)
+    assert chats.describe()["positions"] == "answer" and chats.describe()["positions_note"] == ""
+
+
+def test_a_template_that_fails_on_the_prompt_is_a_recorded_fallback(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)   # renders whole conversations, refuses a generation prompt
+    tok.chat_template = ("{% if add_generation_prompt %}{{ raise_exception('no generation prompt') }}{% endif %}"
+                         "{% for m in messages %}<|turn>{{ m['role'] }}\n{{ m['content'] }}<turn|>\n{% endfor %}")
+    held = ho.build_heldout("toy:1", tok)
+    assert held.score_from == [1] * 5 and held.describe()["positions"] == "all"
+    assert held.fallback_reasons == {"the chat template failed on the prompt (TemplateError)": 5}
+
+
+def test_the_sweep_result_shows_what_was_scored(causal, causal_stats, tokenizer, calib_file):
+    held = ho.build_heldout(str(calib_file), tokenizer)
+    res = fid.run_fidelity_sweep(causal, causal_stats, held, (0.0, 0.5), ("reap",), batch_size=4)
+    assert res.to_dict()["heldout"]["positions"] == "mixed"
+    table = res.format_table("kl")
+    assert table.splitlines()[-1] == (f"Scored: {held.num_scored} tokens (answers; 4 sequences on all tokens) of 7 "
+                                      f"held-out sequences from '{calib_file}'. {held.fallback_note}.")
+    assert "answers; 4 sequences on all tokens" in fidelity_figure(res).layout.title.text
+    card = card_rows.card_eval_results(make_plan(causal_stats, 0.5, "reap"), fidelity=res)
+    assert held.fallback_note in card["_description"]
+    assert "No calibration given: nothing excluded." in card["_description"]   # not "calibration samples excluded"
 
 
 # --- generation quality -------------------------------------------------------------------------
 
 def test_a_known_loop_is_detected_and_normal_text_is_not():
-    assert ev.find_loop("Sure. " + "I like the cat, " * 8 + "end") == (5, 8)
-    assert ev.is_loop("no " * 30)
+    assert gq.find_loop("Sure. " + "I like the cat, " * 8 + "end") == (5, 8)
+    assert gq.is_loop("no " * 30)
     normal = ("The sky is blue because air molecules scatter short wavelengths of sunlight more than long "
               "ones; this is Rayleigh scattering, and it is why sunsets look red.")
-    assert not ev.is_loop(normal)
-    assert not ev.is_loop(", ".join(str(i) for i in range(1, 51)))
-    assert not ev.is_loop("| a | b | c | d | e | f |\n" + "|---" * 12 + "|")   # table rules hold no word
-    assert not ev.is_loop("la la la")                                             # too short to count
+    assert not gq.is_loop(normal)
+    assert not gq.is_loop(", ".join(str(i) for i in range(1, 51)))
+    assert not gq.is_loop("| a | b | c | d | e | f |\n" + "|---" * 12 + "|")   # table rules hold no word
+    assert not gq.is_loop("la la la")                                             # too short to count
 
 
 def test_collapse():
-    assert ev.is_collapse("") and ev.is_collapse("  \n ") and ev.is_collapse("... !!")
-    assert ev.is_collapse("the the the the the the cat the the the the")
-    assert not ev.is_collapse("One, two, three, four, five, six, seven, eight, nine, ten.")
-    assert not ev.is_collapse("42")
+    assert gq.is_collapse("") and gq.is_collapse("  \n ") and gq.is_collapse("... !!")
+    assert gq.is_collapse("the the the the the the cat the the the the")
+    assert not gq.is_collapse("One, two, three, four, five, six, seven, eight, nine, ten.")
+    assert not gq.is_collapse("42")
 
 
 def test_generation_report_on_a_tiny_model(causal, causal_stats):
     plan = make_plan(causal_stats, 0.5, "reap")
     prompts = [("math", "2 + 2 ="), ("math", "3 * 3 ="), ("chat", "hello")]
-    rep = ev.generation_quality(causal, plan, prompts, max_new_tokens=6, batch_size=2)
+    rep = gq.generation_quality(causal, plan, prompts, max_new_tokens=6, batch_size=2)
     assert list(rep.per_domain) == ["math", "chat"]
     assert rep.per_domain["math"]["pruned"].n == 2 and len(rep.samples) == 3
     table = rep.format_table()
     assert table.startswith("| Domain | N | Orig AvgWords | Pruned AvgWords | Orig Loop | Pruned Loop |")
     assert rep.overall("original").n == 3
-    assert ev.GenerationReport.from_dict(json.loads(json.dumps(rep.to_dict()))).format_table() == table
+    assert gq.GenerationReport.from_dict(json.loads(json.dumps(rep.to_dict()))).format_table() == table
 
 
 # --- task accuracy ------------------------------------------------------------------------------
@@ -201,18 +248,72 @@ def test_bench_items_are_well_formed():
         assert gemma_bench.check(it, it.reference), it.id
 
 
-def test_bench_registers_as_a_task_eval_suite(monkeypatch):
-    monkeypatch.setattr(task_eval, "SUITES", dict(task_eval.SUITES))
-    gemma_bench.register_suite()
+def test_one_registry_holds_both_suites():
+    assert set(task_eval.SUITES) == {"toy", "gemma4-bench"}       # no registration step, no import circle
     suite = task_eval.get_suite("gemma4-bench")
     item = suite.generate("math", 2, 0)[0]
     assert len(suite.generate("math", 2, 0)) == 2 and suite.check("math", item, item.reference)
+    with pytest.raises(ValueError, match="valid suites: gemma4-bench, toy"):
+        task_eval.get_suite("nope")
 
 
 def test_task_accuracy_counts_samples(causal, causal_stats):
     plan = make_plan(causal_stats, 0.5, "reap")
-    rep = ev.task_accuracy(causal, plan, suite="gemma4-bench", items_per_domain=1, max_new_tokens=4, batch_size=2)
+    rep = task_eval.task_accuracy(causal, plan, suite="gemma4-bench", items_per_domain=1, max_new_tokens=4,
+                                  batch_size=2)
     assert rep.samples == 2 and set(rep.per_domain) == set(gemma_bench.DOMAINS)
     assert all(r["pruned"][1] == 1 for r in rep.per_domain.values())
-    card = ev.card_eval_results(plan, tasks=rep)
+    card = card_rows.card_eval_results(plan, tasks=rep)
     assert "_description" in card and any(k.startswith("gemma4-bench · all (n=2)") for k in card)
+
+
+# --- one greedy function: the original scores the same everywhere ------------------------------
+
+SCRIPTED_UNFINISHED = "<|channel>thought\n84 - 59 = 25, so Answer: 25. Let me double-check the subtraction"
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """A tiny Gemma 4 MoE with the bundled tokenizer (real <|channel> special tokens) whose greedy
+    continuation is fixed: set `.script`. The budget still cuts it (max_new_tokens)."""
+    tok = AutoTokenizer.from_pretrained(BUNDLED_MODEL_DIR)
+    loaded = wrap_model(build_tiny_model("causal", vocab_size=len(tok)), tok, model_id="tiny-scripted")
+    loaded.script = SCRIPTED_UNFINISHED
+
+    def generate(input_ids, max_new_tokens, **_):
+        ids = tok(loaded.script, add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return torch.cat([input_ids, torch.tensor(ids).repeat(input_ids.shape[0], 1)], 1)
+
+    monkeypatch.setattr(loaded.model, "generate", generate)
+    return loaded
+
+
+def test_the_original_scores_the_same_with_and_without_a_plan(scripted):
+    """`eval --suite gemma4-bench` without --ratio (suite_accuracy of the original) and with it
+    (task_accuracy's Original column) once disagreed: an answer whose reasoning never closed was
+    graded right by one path (special tokens dropped, 'Answer: 25' found in the thought) and wrong
+    by the other. Both now grade the same answer the same way, and count it as unfinished."""
+    plan = PruningPlan(criterion="first", compression_ratio=0.25, num_experts=16, top_k=4, layer_indices=(0, 1, 2),
+                       kept=tuple(tuple(range(12)) for _ in range(3)))
+    alone = task_eval.suite_accuracy(scripted, None, "gemma4-bench", items_per_domain=1)
+    both = task_eval.task_accuracy(scripted, plan, "gemma4-bench", items_per_domain=1)
+    assert alone.per_domain == {d: tuple(r["original"]) for d, r in both.per_domain.items()}
+    assert alone.per_domain["math"] == (0, 1) and alone.unfinished == 2 == both.unfinished["original"]
+    assert "ran out of tokens inside the reasoning channel" in alone.format_table()
+    scripted.script = "<|channel>thought\nmaybe 24?<channel|>84 - 59 = 25.\nAnswer: 25<turn|>"
+    closed = task_eval.suite_accuracy(scripted, None, "gemma4-bench", items_per_domain=1)
+    assert closed.per_domain == {"math": (1, 1), "multiple-choice": (0, 1)} and closed.unfinished == 0
+
+
+def test_greedy_answers_keep_special_tokens_and_say_why_they_stopped(scripted):
+    from reap_core.greedy import generate_greedy
+
+    tok = scripted.tokenizer
+    tok.padding_side = "right"
+    convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a longer question"}]]
+    short, = generate_greedy(scripted.model, tok, convs[:1], max_new_tokens=3)
+    assert short.raw.startswith("<|channel>") and short.hit_limit and short.unfinished and short.text == ""
+    scripted.script = "<|channel>thought\nhm<channel|>Yes.<eos>"
+    done = generate_greedy(scripted.model, tok, convs, max_new_tokens=64, batch_size=1)
+    assert [a.text for a in done] == ["Yes.", "Yes."] and not any(a.hit_limit or a.unfinished for a in done)
+    assert tok.padding_side == "right"          # left padding only while generating
