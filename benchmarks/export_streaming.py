@@ -7,7 +7,9 @@ process (so peak memory is that process's alone):
   copy     every shard, with shutil.copyfile (sendfile on Linux) and with os.copy_file_range
            (the kernel primitive the export itself uses): read + write every byte once
   export   reap_core.export.export_pruned(streaming=True, verify=False) at ratio 0.2 (128 -> 103)
-Reported: wall time of the work (imports excluded), throughput as source GB per second, their
+Reported: wall time of the work (imports excluded) — for the export cumulatively at the end of its
+plan (plan_export: safetensors headers, sizes from the config), of its weights and of the whole
+folder (scores, statistics, heatmap, card) — throughput as source GB per second, their
 ratio (goal >= 0.5x), and peak RSS of the export relative to the largest shard (goal <= 1.5x),
 beside the RSS of the same child right after its imports. Copy and export run twice each,
 interleaved (page cache warmed for both by writing the source; os.sync() before each
@@ -91,13 +93,16 @@ def child_export(src: Path, dst: Path, ratio: float) -> dict:
     marks = {}
 
     def progress(fraction, message):
+        if message.startswith("writing weights") and "plan" not in marks:   # the first piece is written
+            marks["plan"] = time.perf_counter()
         if fraction >= 0.8 and "weights" not in marks:
             marks["weights"] = time.perf_counter()
 
     start = time.perf_counter()
     result = export_pruned(str(src), plan, stats, dst, streaming=True, verify=False, progress=progress)
     end = time.perf_counter()
-    return {"seconds": end - start, "weights_seconds": marks.get("weights", end) - start, "peak_rss_mb": rss_mb(),
+    return {"seconds": end - start, "weights_seconds": marks.get("weights", end) - start,
+            "plan_seconds": marks.get("plan", end) - start, "peak_rss_mb": rss_mb(),
             "rss_after_imports_mb": baseline, "bytes": result.bytes, "kept": plan.num_kept}
 
 
@@ -196,6 +201,8 @@ def main() -> None:
             for i, c in enumerate(runs[kind]):
                 print(f"{f'plain copy ({kind}), run {i + 1}':38}{c['seconds']:9.2f}{total / 1e9 / c['seconds']:13.2f}")
         for i, e in enumerate(exports):
+            print(f"{f'streaming export, run {i + 1}: plan':38}{e['plan_seconds']:9.2f}"
+                  f"   (headers, sizes: until the first weight bytes)")
             for part, sec in (("weights", e["weights_seconds"]), ("folder", e["seconds"])):
                 print(f"{f'streaming export, run {i + 1}: {part}':38}{sec:9.2f}{total / 1e9 / sec:13.2f}"
                       f"{copy_s['copyfile'] / sec:12.2f}x{copy_s['copy_file_range'] / sec:19.2f}x")

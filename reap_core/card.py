@@ -2,7 +2,8 @@
 card (README.md: Hub metadata plus a body written for people).
 
 Both are built from the same plain data the export used (plan, statistics, sizes), never from UI
-state. The card's YAML goes through huggingface_hub.ModelCardData, so it always parses on the Hub.
+state. The card is huggingface_hub's own: ModelCardData makes the YAML (so it always parses on the
+Hub) and ModelCard.from_template renders CARD_TEMPLATE (Jinja) with it.
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from __future__ import annotations
 import platform
 import shlex
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .adapters import MoEAdapter
 from .plan import PruningPlan
 from .saliency import get_criterion
 from .sizing import ModelSize
 from .stats import ExpertStats
+
+if TYPE_CHECKING:  # the evaluation results only pass through: no import at run time
+    from .fidelity import FidelityResult
+    from .generation_quality import GenerationReport
+    from .task_eval import TaskReport
 
 RECIPE_FILE = "reap_recipe.json"
 HEATMAP_FILE = "reap_saliency.png"
@@ -100,6 +108,37 @@ class CardInputs:
     eval_results: dict | None = None
 
 
+def base_license(folder: Path | None) -> str | None:
+    """The source card's licence; None (the card then says "the license of the base model") when
+    there is no card, or its metadata does not parse."""
+    if folder is None or not (folder / CARD_FILE).is_file():
+        return None
+    import yaml
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(folder / CARD_FILE).data.license
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def card_inputs(config: Any, adapter: MoEAdapter, plan: PruningPlan, weight_dtype: str, *, repo_name: str,
+                source_folder: Path | None, multimodal: bool, eval_results: dict | None) -> CardInputs:
+    """Sizes from the config alone (reap_core.sizing), in the format the weights are stored in."""
+    from .sizing import count_params, size_at
+
+    counts = count_params(config, adapter)
+    fmt = weight_dtype if weight_dtype in ("BF16", "F32") else "BF16"
+    original, pruned = size_at(counts, plan.num_experts, fmt), size_at(counts, plan.num_kept, fmt)
+    if fmt != weight_dtype:
+        original = replace(original, format=f"{weight_dtype} safetensors")
+        pruned = replace(pruned, format=f"{weight_dtype} safetensors")
+    return CardInputs(repo_name=repo_name, family=adapter.layout.family,
+                      pipeline_tag="image-text-to-text" if multimodal else "text-generation",
+                      license=base_license(source_folder), original=original, pruned=pruned,
+                      is_multimodal=multimodal, eval_results=eval_results)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -128,30 +167,138 @@ def eval_table(results: dict) -> str:
     return (description + "\n\n" + body) if description else body
 
 
-def metadata(inputs: CardInputs, base_model: str | None) -> str:
+# The card's body, a Jinja template rendered by huggingface_hub.ModelCard.from_template: `card_data`
+# (the YAML) and the metadata fields (base_model, license, ...) come from ModelCardData, the rest
+# from card_fields(). Markdown joins wrapped lines, so paragraphs are wrapped here for reading.
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_name }}
+
+{{ base_link }} with **{{ removed }} of its {{ r.num_experts }} experts removed in every MoE layer** by expert
+pruning with REAP (Router-weighted Expert Activation Pruning). The remaining weights are the original ones,
+unchanged: no fine-tuning, no merging. It loads in stock transformers and vLLM like the original
+{%- if multimodal %}, vision tower included.{% else %}.{% endif %}
+
+{{ size_table }}
+
+Active parameters per token change little: the router still picks the same number of experts per token, from a
+smaller pool. Sizes are computed from the config (parameters x bytes per parameter of the format).
+
+## How it was made
+
+1. Calibration: {{ c.tokens }} tokens ({{ c.samples }} samples, at most {{ c.max_tokens_per_sample }} tokens each)
+   were run through the original model once, recording for each expert the tokens routed to it, its gate and
+   the norm of its output.
+2. Saliency: each expert got the score `{{ r.criterion }}` ({{ r.criterion_definition }}).
+3. Pruning: the lowest-scoring experts of every layer were removed: their router rows, per-expert scales and
+   weights are sliced out of the checkpoint, and `num_experts` in config.json is updated.
+4. Verification: {{ check }}
+
+### Calibration data
+
+Source: `{{ c.spec }}`.
+
+{{ calibration_table }}
+
+### Pruning configuration
+
+{{ config_table }}
+
+### Expert saliency
+
+![Expert saliency per layer]({{ heatmap_file }})
+
+Rows are MoE layers, columns experts. Blue = kept, orange = pruned; darker = higher score relative to the best
+expert of the same layer.
+
+## Evaluation
+
+{% if eval_section %}{{ eval_section }}{% else -%}
+No evaluation results yet. Pruning removes knowledge the calibration data did not exercise: evaluate on your own
+tasks before relying on this model.
+{%- endif %}
+
+## Usage
+
+With transformers:
+
+```python
+{% if multimodal -%}
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+repo = "{{ repo_name }}"
+model = AutoModelForImageTextToText.from_pretrained(repo, dtype="auto", device_map="auto")
+processor = AutoProcessor.from_pretrained(repo)
+messages = [{"role": "user", "content": "Explain mixture-of-experts in one paragraph."}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                       return_dict=True, return_tensors="pt").to(model.device)
+out = model.generate(**inputs, max_new_tokens=200)
+print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+{%- else -%}
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+repo = "{{ repo_name }}"
+model = AutoModelForCausalLM.from_pretrained(repo, dtype="auto", device_map="auto")
+tokenizer = AutoTokenizer.from_pretrained(repo)
+messages = [{"role": "user", "content": "Explain mixture-of-experts in one paragraph."}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True).to(model.device)
+out = model.generate(**inputs, max_new_tokens=200)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+{%- endif %}
+```
+
+With vLLM:
+
+```bash
+vllm serve {{ repo_name }}
+```
+
+## Files
+
+- `reap_recipe.json`: method, criterion, ratio, gate definition, protection, calibration, seed, versions, and
+  the commands to redo (or change) this prune.
+- `reap_scores.json`: every criterion's score for every expert, and the kept / pruned experts per layer.
+- `reap_stats.npz`: the calibration statistics themselves (load with `reap_core.stats.ExpertStats.load`), to
+  try other criteria or ratios without recalibrating.
+- `reap_plan.json`: the pruning plan (kept experts per layer).
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+
+License: {{ license or "the license of the base model" }}, as the base model.
+"""
+
+
+def card_data(inputs: CardInputs, base_model: str | None) -> Any:
+    """The card's metadata as huggingface_hub.ModelCardData, so its YAML always parses on the Hub."""
     from huggingface_hub import ModelCardData
 
     tags = ["moe", "pruning", "reap", "expert-pruning", inputs.family, "mixture-of-experts"]
-    data = ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag=inputs.pipeline_tag,
+    return ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag=inputs.pipeline_tag,
                          license=inputs.license, tags=tags)
-    return data.to_yaml()
 
 
-def render_card(inputs: CardInputs, recipe: dict) -> str:
+def card_fields(inputs: CardInputs, recipe: dict) -> dict:
+    """The template's values: the recipe as `r`, its calibration as `c`, and the rendered tables."""
     base = recipe.get("base_model")
-    src = base or recipe["source"]
     o, p = inputs.original, inputs.pruned
-    calib = recipe["calibration"]
-    protect = recipe["super_expert_protection"]
+    calib, protect = recipe["calibration"], recipe["super_expert_protection"]
     verification = recipe["export"].get("verification") or {}
     total_tokens = max(sum(calib["tokens_per_category"].values()), 1)
+    removed = recipe["num_experts"] - recipe["num_experts_kept"]
     size_rows = [[k, a, b] for (k, a), b in zip(o.as_row().items(), p.as_row().values())]
     calib_rows = [[c, calib["samples_per_category"].get(c, "–"), n, f"{n / total_tokens:.1%}"]
                   for c, n in calib["tokens_per_category"].items()]
     config_rows = [
         ["Criterion", f"`{recipe['criterion']}`: {recipe['criterion_definition']}"],
-        ["Compression ratio", f"{recipe['compression_ratio']:g} ({recipe['num_experts'] - recipe['num_experts_kept']} "
-                              f"of {recipe['num_experts']} experts removed in each of {len(recipe['layers'])} MoE layers)"],
+        ["Compression ratio", f"{recipe['compression_ratio']:g} ({removed} of {recipe['num_experts']} experts "
+                              f"removed in each of {len(recipe['layers'])} MoE layers)"],
         ["Experts kept per layer", recipe["num_experts_kept"]],
         ["Experts per token (top-k)", recipe["top_k"]],
         ["Gate used in the score", recipe["gate_definition"]],
@@ -167,72 +314,57 @@ def render_card(inputs: CardInputs, recipe: dict) -> str:
                  f"{verification['max_abs_diff']:.2e} ({verification['dtype']}, tolerance {verification['tolerance']:.1e}).")
     else:
         check = "The export was not verified against the original model (verification was turned off)."
-    loader = "AutoModelForImageTextToText" if inputs.is_multimodal else "AutoModelForCausalLM"
-    parts = [
-        "---", metadata(inputs, base).strip(), "---", "",
-        f"# {inputs.repo_name}", "",
-        (f"[{base}](https://huggingface.co/{base})" if base else f"`{src}`") + f" with **{recipe['num_experts'] - recipe['num_experts_kept']} of its "
-        f"{recipe['num_experts']} experts removed in every MoE layer** by expert pruning with REAP "
-        f"(Router-weighted Expert Activation Pruning). The remaining weights are the original ones, unchanged: no "
-        f"fine-tuning, no merging. It loads in stock transformers and vLLM like the original"
-        + (", vision tower included." if inputs.is_multimodal else "."), "",
-        _table(["", "Original", "Pruned"], size_rows), "",
-        "Active parameters per token change little: the router still picks the same number of experts per token, "
-        "from a smaller pool. Sizes are computed from the config (parameters x bytes per parameter of the format).", "",
-        "## How it was made", "",
-        f"1. Calibration: {calib['tokens']} tokens ({calib['samples']} samples, at most {calib['max_tokens_per_sample']} "
-        f"tokens each) were run through the original model once, recording for each expert the tokens routed to it, "
-        f"its gate and the norm of its output.",
-        f"2. Saliency: each expert got the score `{recipe['criterion']}` ({recipe['criterion_definition']}).",
-        "3. Pruning: the lowest-scoring experts of every layer were removed: their router rows, per-expert scales and "
-        "weights are sliced out of the checkpoint, and `num_experts` in config.json is updated.",
-        f"4. Verification: {check}", "",
-        "### Calibration data", "",
-        f"Source: `{calib['spec']}`.", "",
-        _table(["Category", "Samples", "Tokens", "Share"], calib_rows), "",
-        "### Pruning configuration", "",
-        _table(["Setting", "Value"], config_rows), "",
-        "### Expert saliency", "",
-        f"![Expert saliency per layer]({HEATMAP_FILE})", "",
-        "Rows are MoE layers, columns experts. Blue = kept, orange = pruned; darker = higher score relative to the "
-        "best expert of the same layer.", "",
-        "## Evaluation", "",
-        eval_table(inputs.eval_results) if inputs.eval_results else
-        "No evaluation results yet. Pruning removes knowledge the calibration data did not exercise: evaluate on "
-        "your own tasks before relying on this model.", "",
-        "## Usage", "",
-        "With transformers:", "",
-        "```python",
-        f"from transformers import {loader}, AutoProcessor" if inputs.is_multimodal else
-        f"from transformers import {loader}, AutoTokenizer",
-        "",
-        f'repo = "{inputs.repo_name}"',
-        f'model = {loader}.from_pretrained(repo, dtype="auto", device_map="auto")',
-        'processor = AutoProcessor.from_pretrained(repo)' if inputs.is_multimodal else
-        'tokenizer = AutoTokenizer.from_pretrained(repo)',
-        'messages = [{"role": "user", "content": "Explain mixture-of-experts in one paragraph."}]',
-        ("inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, "
-         "return_dict=True, return_tensors=\"pt\").to(model.device)") if inputs.is_multimodal else
-        ("inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
-         "return_dict=True).to(model.device)"),
-        "out = model.generate(**inputs, max_new_tokens=200)",
-        ("print(processor.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))"
-         if inputs.is_multimodal else
-         "print(tokenizer.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))"),
-        "```", "",
-        "With vLLM:", "",
-        "```bash",
-        f"vllm serve {inputs.repo_name}",
-        "```", "",
-        "## Files", "",
-        "- `reap_recipe.json`: method, criterion, ratio, gate definition, protection, calibration, seed, versions, "
-        "and the commands to redo (or change) this prune.",
-        "- `reap_scores.json`: every criterion's score for every expert, and the kept / pruned experts per layer.",
-        "- `reap_stats.npz`: the calibration statistics themselves (load with `reap_core.stats.ExpertStats.load`), "
-        "to try other criteria or ratios without recalibrating.",
-        "- `reap_plan.json`: the pruning plan (kept experts per layer).", "",
-        "## Citation", "",
-        "```bibtex", CITATION, "```", "",
-        f"License: {inputs.license or 'the license of the base model'}, as the base model.", "",
-    ]
-    return "\n".join(parts)
+    return {"repo_name": inputs.repo_name, "multimodal": inputs.is_multimodal, "r": recipe, "c": calib,
+            "removed": removed, "check": check, "heatmap_file": HEATMAP_FILE, "citation": CITATION,
+            "base_link": f"[{base}](https://huggingface.co/{base})" if base else f"`{recipe['source']}`",
+            "size_table": _table(["", "Original", "Pruned"], size_rows),
+            "calibration_table": _table(["Category", "Samples", "Tokens", "Share"], calib_rows),
+            "config_table": _table(["Setting", "Value"], config_rows),
+            "eval_section": eval_table(inputs.eval_results) if inputs.eval_results else ""}
+
+
+def model_card(inputs: CardInputs, recipe: dict) -> Any:
+    """README.md as a huggingface_hub.ModelCard (`.save(path)` writes it)."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard.from_template(card_data(inputs, recipe.get("base_model")),   # + "\n": Jinja drops one
+                                   template_str=CARD_TEMPLATE + "\n", **card_fields(inputs, recipe))
+
+
+# --- evaluation results as card rows -------------------------------------------------------
+
+def card_eval_results(plan: PruningPlan, fidelity: FidelityResult | None = None,
+                      generation: GenerationReport | None = None, tasks: TaskReport | None = None) -> dict:
+    """{task: {"Original": v, "Pruned": v}} plus "_description", for card.CardInputs.eval_results."""
+    rows: dict[str, Any] = {}
+    notes = []
+    if tasks is not None:
+        for dom, r in tasks.per_domain.items():
+            (oc, ot), (pc, pt) = r["original"], r["pruned"]
+            rows[f"{tasks.suite} · {dom} (n={ot})"] = {"Original": f"{oc}/{ot} ({oc / max(ot, 1):.0%})",
+                                                       "Pruned": f"{pc}/{pt} ({pc / max(pt, 1):.0%})"}
+        rows[f"{tasks.suite} · all (n={tasks.samples})"] = {"Original": f"{tasks.accuracy('original'):.1%}",
+                                                           "Pruned": f"{tasks.accuracy('pruned'):.1%}"}
+        notes.append(f"Task accuracy: greedy answers on the {tasks.suite} suite, {tasks.samples} items"
+                     + (", thinking on." if tasks.settings.get("thinking") else "."))
+    if fidelity is not None:
+        try:
+            pt = fidelity.point(plan.criterion, plan.compression_ratio)
+            rows["Next-token KL vs original (nats/token)"] = {"Original": 0.0, "Pruned": pt.kl}
+            rows["Top-1 agreement with original"] = {"Original": 1.0, "Pruned": pt.top1}
+            rows["Perplexity ratio"] = {"Original": 1.0, "Pruned": pt.ppl_ratio}
+            excluded = fidelity.heldout.get("note") or ""       # which calibration samples were kept out
+            notes.append(f"Fidelity: {fidelity.scored_line()}"
+                         + (f" {excluded[0].upper()}{excluded[1:]}." if excluded else ""))
+        except KeyError:
+            notes.append("Fidelity: the sweep does not contain this plan's criterion and ratio.")
+    if generation is not None:
+        o, p = generation.overall("original"), generation.overall("pruned")
+        rows[f"Generation: avg words (n={o.n})"] = {"Original": round(o.avg_words, 1), "Pruned": round(p.avg_words, 1)}
+        rows["Generation: loop rate"] = {"Original": f"{o.loop_rate:.0%}", "Pruned": f"{p.loop_rate:.0%}"}
+        rows["Generation: collapse rate"] = {"Original": f"{o.collapse_rate:.0%}", "Pruned": f"{p.collapse_rate:.0%}"}
+        notes.append(generation.settings.get("definitions", ""))
+    rows["_description"] = (f"Pruned = {plan.num_pruned} of {plan.num_experts} experts per layer removed by "
+                            f"{plan.criterion} (ratio {plan.compression_ratio:.0%}), evaluated as a masked view. "
+                            + " ".join(n for n in notes if n))
+    return rows

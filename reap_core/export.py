@@ -1,20 +1,25 @@
 """Stage 7 — export: a PruningPlan + the source model in, a complete, verified, self-describing folder out.
 
-Two paths, one set of files:
-  streaming  reads the source checkpoint's safetensors files (local folder or Hub snapshot) and
-             writes sliced shards a piece at a time: memory stays a few chunks, whatever the model
-             size (a 52 GB Gemma 4 exports on a laptop). The default whenever the files exist.
-  in-memory  slices the tensors of a model already loaded (small models, or a model built in code).
-Both feed one shard writer (reap_core.shards), so the same plan gives byte-identical weight files.
+Steps, as in mergekit (a plan, executed separately) and safetensors' convert (reload and compare
+before publishing), run by `export_pruned`, which the CLI and the app call:
+  plan_export    -> ExportPlan: where every tensor comes from, which file it goes to (the shard
+                 layout), the config.json and the card's inputs. Every check that can fail fails
+                 here, before a byte is written.
+  write_export   the weights, config, side files, scores, plan, statistics and heatmap.
+  verify_export  reloaded with the Auto classes, the folder's logits on probe prompts must match the
+                 original model with the pruned experts masked out of the router.
+  write_card     the recipe and the model card, last: they report the verification.
+
+Sources: `streaming` reads the source checkpoint's safetensors files (local folder or Hub snapshot)
+a piece at a time: memory stays a few chunks whatever the model size (a 52 GB Gemma 4 exports on a
+laptop); the default whenever the files exist. `in-memory` slices a model already loaded. Both feed
+one shard layout and writer (reap_core.shards): the same plan gives byte-identical weights.
 
 The folder: sliced safetensors shards + index, config.json with only `num_experts` changed, the
 source's generation config, tokenizer, processor and chat template files, README.md (model card),
-reap_recipe.json, reap_scores.json, reap_plan.json, reap_stats.npz and reap_saliency.png.
-
-Before the folder is published it is verified: reloaded with the Auto classes, its logits on
-probe prompts must match the original model with the pruned experts masked out of the router.
-Everything is written to a temporary sibling and renamed at the end (reap_core.atomic): a failed
-or interrupted export leaves nothing under the final name and never touches an earlier export.
+reap_recipe.json, reap_scores.json, reap_plan.json, reap_stats.npz and reap_saliency.png. It is
+built in a temporary sibling and renamed at the end (reap_core.atomic): a failed or interrupted
+export leaves nothing under the final name and never touches an earlier export.
 """
 
 from __future__ import annotations
@@ -25,24 +30,24 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from .adapters import MoEAdapter, find_adapter
 from .atomic import atomic_folder, check_output_folder
-from .card import (CARD_FILE, HEATMAP_FILE, RECIPE_FILE, STATS_FILE, CardInputs, build_recipe,
-                   render_card)
+from .card import (CARD_FILE, HEATMAP_FILE, RECIPE_FILE, STATS_FILE, CardInputs, build_recipe, card_inputs,
+                   model_card)
 from .errors import ReapError
 from .heatmap_png import heatmap_png
 from .model import LoadedModel, load_model, resolve_model_path
 from .plan import PruningPlan
 from .prune import PLAN_FILE, SCORES_FILE, scores_document
 from .saliency import compute_scores
-from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, TensorSource, read_header,
-                     write_checkpoint)
+from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, ShardLayout, TensorSource, plan_shards,
+                     read_header, write_checkpoint)
 from .stats import ExpertStats
 
 Progress = Callable[[float, str], None]
@@ -87,21 +92,26 @@ def _is_hub_id(path: str) -> bool:
 def source_folder(model_id: str, token: str | None = None, download: bool = False) -> Path | None:
     """The folder holding a model's files: a local folder, or its Hub snapshot (cached, or
     downloaded when `download`). None if there is none."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    from .hub import hub_failures
+
     path = resolve_model_path(model_id)
     if Path(path).is_dir():
         return Path(path)
     if not _is_hub_id(path):
         return None
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(path, token=token, local_files_only=True))
-    except Exception:
+    except HFValidationError:                # not a Hub id after all: the loader says so when asked to load it
+        return None
+    except LocalEntryNotFoundError:          # not in the cache (what local_files_only raises for it)
         if not download:
             return None
     try:
         return Path(snapshot_download(path, token=token))
-    except Exception as exc:
+    except (OSError, *hub_failures()) as exc:   # Hub, network, disk (named in the message); a bug: a traceback
         raise ExportError(f"could not download '{path}' from the Hub: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
@@ -116,17 +126,6 @@ def hub_id_of(model_id: str, folder: Path | None) -> str | None:
         return model_id
     match = _HUB_CACHE_PATH.search(str(folder or ""))
     return f"{match.group(1)}/{match.group(2)}" if match else None
-
-
-def base_license(folder: Path | None) -> str | None:
-    if folder is None or not (folder / CARD_FILE).is_file():
-        return None
-    try:
-        from huggingface_hub import ModelCard
-
-        return ModelCard.load(folder / CARD_FILE).data.license
-    except Exception:
-        return None
 
 
 # --- building blocks --------------------------------------------------------------------------
@@ -145,11 +144,11 @@ def expert_slicing(adapter: MoEAdapter, plan: PruningPlan, names: set[str]) -> d
     return slicing
 
 
-def _check_expert_axes(source: TensorSource, slicing: dict, plan: PruningPlan) -> None:
-    for name, (axis, _) in slicing.items():
-        n = source.source_shapes[name][axis]
+def _check_expert_axes(source: TensorSource, plan: PruningPlan) -> None:
+    for e in (e for e in source.entries if e.kept is not None):
+        n = source.source_shapes[e.name][e.axis]
         if n != plan.num_experts:
-            raise ExportError(f"{name} holds {n} experts, but the plan is for {plan.num_experts}: "
+            raise ExportError(f"{e.name} holds {n} experts, but the plan is for {plan.num_experts}: "
                               f"these statistics / this plan belong to another model")
 
 
@@ -198,82 +197,41 @@ def _save_side_files(loaded: LoadedModel, dst: Path) -> None:
     (dst / "config.json").unlink(missing_ok=True)   # some processors write one; ours comes next
 
 
-# --- verification -----------------------------------------------------------------------------
+# --- 1. plan ----------------------------------------------------------------------------------
 
-def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
-                  prompts: tuple[str, ...] = PROBE_PROMPTS) -> dict:
-    """Reload `folder` with the Auto classes and compare its logits with the masked original.
-    Returns {max_abs_diff, tolerance, dtype, prompts}; ExportError above the tolerance."""
-    from transformers import AutoModelForCausalLM
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything an export will write, decided and checked before anything is written.
 
-    from .masking import masked_view
+    `tensors` is the reader the weights come from (source files as byte ranges, or the model in
+    memory); it opens nothing until written. `layout` says which output tensor (name, dtype, sliced
+    shape, kept expert ids) goes to which shard file, and the index."""
 
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=loaded.dtype, output_loading_info=True)
-    except Exception as exc:
-        raise ExportError(f"the exported folder does not load with transformers: {exc}") from None
-    try:
-        missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
-        if missing or info.get("mismatched_keys"):
-            raise ExportError(f"the export reloads with {len(missing)} missing and "
-                              f"{len(info.get('mismatched_keys') or [])} mismatched weights")
-        if type(model).__name__ != type(loaded.model).__name__:
-            raise ExportError(f"the export reloads as {type(model).__name__}, not {type(loaded.model).__name__}")
-        model.to(loaded.input_device).eval()
-        loaded.adapter.prepare(model)
-        if loaded.adapter.num_experts(model.config) != plan.num_kept:
-            raise ExportError("the reloaded config does not have the pruned expert count")
-        worst, scale = 0.0, 1.0
-        with torch.no_grad():
-            for prompt in prompts:
-                ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(loaded.input_device)
-                with masked_view(loaded, plan):
-                    ref = loaded.model(input_ids=ids).logits.float()
-                out = model(input_ids=ids).logits.float()
-                worst = max(worst, (ref - out).abs().max().item())
-                scale = max(scale, ref.abs().max().item())
-    finally:
-        del model
-        gc.collect()
-    tolerance = TOLERANCE.get(loaded.dtype, 2e-2) * scale
-    result = {"max_abs_diff": worst, "tolerance": tolerance, "dtype": str(loaded.dtype).replace("torch.", ""),
-              "prompts": len(prompts)}
-    if not worst <= tolerance:
-        raise ExportError(f"verification failed: the exported model's logits differ from the masked original by "
-                          f"up to {worst:.3g} (tolerance {tolerance:.2g} in {result['dtype']}); nothing was written")
-    return result
+    model_id: str
+    out_dir: Path
+    pruning: PruningPlan
+    stats: ExpertStats
+    streaming: bool
+    verify: bool
+    folder: Path | None              # the source's files (side files are copied from here)
+    loaded: LoadedModel | None       # the original in memory: in-memory source, and verification
+    adapter: MoEAdapter
+    tensors: TensorSource
+    layout: ShardLayout
+    config_json: dict                # config.json as written: only the expert count changed
+    weight_dtype: str                # of the expert tensors, e.g. "BF16"
+    base_model: str | None
+    max_shard_bytes: int
+    card: CardInputs
 
 
-# --- the export -------------------------------------------------------------------------------
-
-def _sizes(config: Any, adapter: MoEAdapter, plan: PruningPlan, weight_dtype: str):
-    from .sizing import count_params, size_at
-
-    counts = count_params(config, adapter)
-    fmt = weight_dtype if weight_dtype in ("BF16", "F32") else "BF16"
-    original, pruned = size_at(counts, plan.num_experts, fmt), size_at(counts, plan.num_kept, fmt)
-    if fmt != weight_dtype:
-        original = replace(original, format=f"{weight_dtype} safetensors")
-        pruned = replace(pruned, format=f"{weight_dtype} safetensors")
-    return original, pruned
-
-
-def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path, *,
-                  loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
-                  eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
-                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                  progress: Progress | None = None) -> ExportResult:
-    """Write the pruned model as a complete folder at `out_dir`.
-
-    source     Hub id / local folder (streaming from its safetensors), or a LoadedModel.
-    loaded     the original model in memory, for verification (defaults to `source` if loaded).
-    streaming  None = streaming whenever the source's safetensors files are on disk (or, for a Hub
-               id, downloadable); False = slice the loaded model in memory.
-    verify     None = verify when a loaded model is at hand; True = always (loads the source if
-               needed: as much memory as the model); False = skip (the card says so).
-    eval_results  optional {task: {column: value}} rendered in the card (see card.eval_table).
-    """
-    start = time.perf_counter()
+def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path, *,
+                loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
+                eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
+                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
+                progress: Progress | None = None) -> ExportPlan:
+    """The export of `plan` as an ExportPlan (arguments as in export_pruned). Reads configs and
+    safetensors headers, may download the source snapshot or load the model, and writes nothing."""
     report = progress or (lambda fraction, message: None)
     out_dir = check_output_folder(out_dir, PLAN_FILE)  # a bad folder fails now, not after the download
     if isinstance(source, LoadedModel):
@@ -281,7 +239,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
         model_id = source.model_id
     else:
         model_id = source
-    read_from = Path(str(loaded.extras.get("read_from", ""))) if loaded is not None else None
+    read_from = Path(loaded.read_from) if loaded is not None and loaded.read_from else None
     if read_from is not None and read_from.is_dir():
         folder = read_from  # the files the loaded weights came from: never model_id resolved anew on this disk
     else:
@@ -318,48 +276,139 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     if streaming:
         names = set(json.loads((folder / INDEX_FILE).read_text())["weight_map"]) if (folder / INDEX_FILE).is_file() \
             else set(read_header(folder / SINGLE_FILE)[0])
-        tensor_source: TensorSource = CheckpointSource(folder, expert_slicing(adapter, plan, names))
+        tensors: TensorSource = CheckpointSource(folder, expert_slicing(adapter, plan, names))
     else:
         state = export_state_dict(loaded.model)
-        tensor_source = ModelSource(state, expert_slicing(adapter, plan, set(state)))
-    slicing = {e.name: (e.axis, e.kept) for e in tensor_source.entries if e.kept is not None}
-    _check_expert_axes(tensor_source, slicing, plan)
-    weight_dtype = next(e.dtype for e in tensor_source.entries if e.kept is not None)
+        tensors = ModelSource(state, expert_slicing(adapter, plan, set(state)))
+    _check_expert_axes(tensors, plan)
+    weight_dtype = next(e.dtype for e in tensors.entries if e.kept is not None)
+    is_multimodal = config_dict.get("vision_config") is not None
+    card = card_inputs(config, adapter, plan, weight_dtype, repo_name=repo_id or out_dir.name, source_folder=folder,
+                       multimodal=is_multimodal, eval_results=eval_results)
+    return ExportPlan(model_id=model_id, out_dir=out_dir, pruning=plan, stats=stats, streaming=bool(streaming),
+                      verify=bool(verify), folder=folder, loaded=loaded, adapter=adapter, tensors=tensors,
+                      layout=plan_shards(tensors.entries, max_shard_bytes),
+                      config_json=pruned_config(config_dict, adapter, plan.num_kept), weight_dtype=weight_dtype,
+                      base_model=base_model or hub_id_of(model_id, folder), max_shard_bytes=max_shard_bytes,
+                      card=card)
 
-    with atomic_folder(out_dir, marker=PLAN_FILE) as tmp:
-        write_checkpoint(tmp, tensor_source, max_shard_bytes, lambda f, m: report(0.8 * f, m))
-        _write_json(tmp / "config.json", pruned_config(config_dict, adapter, plan.num_kept))
-        if folder is not None:
-            copy_side_files(folder, tmp)
-        else:
-            _save_side_files(loaded, tmp)
+
+# --- 2. write ---------------------------------------------------------------------------------
+
+def write_export(export: ExportPlan, folder: Path, progress: Progress | None = None) -> None:
+    """Write everything but the card and recipe into `folder` (an empty temporary folder)."""
+    report = progress or (lambda fraction, message: None)
+    plan, stats = export.pruning, export.stats
+    write_checkpoint(folder, export.tensors, export.layout, report)
+    _write_json(folder / "config.json", export.config_json)
+    if export.folder is not None:
+        copy_side_files(export.folder, folder)
+    else:
+        _save_side_files(export.loaded, folder)
+    (folder / SCORES_FILE).write_text(json.dumps(scores_document(stats, plan), indent=1))
+    (folder / PLAN_FILE).write_text(plan.to_json())
+    stats.save(folder / STATS_FILE)
+    scores = compute_scores(stats, plan.criterion, categories=list(plan.categories) if plan.categories else None,
+                            seed=plan.seed)
+    (folder / HEATMAP_FILE).write_bytes(heatmap_png(scores, plan.pruned_mask()))
+
+
+# --- 3. verify --------------------------------------------------------------------------------
+
+def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
+                  prompts: tuple[str, ...] = PROBE_PROMPTS) -> dict:
+    """Reload `folder` with the Auto classes and compare its logits with the masked original.
+    Returns {max_abs_diff, tolerance, dtype, prompts}; ExportError above the tolerance."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    from .masking import masked_view
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=loaded.dtype, output_loading_info=True)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise ExportError("not enough memory to reload the export for verification (it needs as much as the pruned "
+                          "model): export without verification (CLI: --no-verify), or on a machine with more memory; "
+                          "nothing was written") from None
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:   # a folder that does not load,
+        raise ExportError(f"the exported folder does not load with transformers: {exc}") from None   # and why
+    try:
+        missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
+        if missing or info.get("mismatched_keys"):
+            raise ExportError(f"the export reloads with {len(missing)} missing and "
+                              f"{len(info.get('mismatched_keys') or [])} mismatched weights")
+        if type(model).__name__ != type(loaded.model).__name__:
+            raise ExportError(f"the export reloads as {type(model).__name__}, not {type(loaded.model).__name__}")
+        model.to(loaded.input_device).eval()
+        loaded.adapter.prepare(model)
+        if loaded.adapter.num_experts(model.config) != plan.num_kept:
+            raise ExportError("the reloaded config does not have the pruned expert count")
+        worst, scale = 0.0, 1.0
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(loaded.input_device)
+                with masked_view(loaded, plan):
+                    ref = loaded.model(input_ids=ids).logits.float()
+                out = model(input_ids=ids).logits.float()
+                worst = max(worst, (ref - out).abs().max().item())
+                scale = max(scale, ref.abs().max().item())
+    finally:
+        del model
+        gc.collect()
+    tolerance = TOLERANCE.get(loaded.dtype, 2e-2) * scale
+    result = {"max_abs_diff": worst, "tolerance": tolerance, "dtype": str(loaded.dtype).replace("torch.", ""),
+              "prompts": len(prompts)}
+    if not worst <= tolerance:
+        raise ExportError(f"verification failed: the exported model's logits differ from the masked original by "
+                          f"up to {worst:.3g} (tolerance {tolerance:.2g} in {result['dtype']}); nothing was written")
+    return result
+
+
+# --- 4. describe ------------------------------------------------------------------------------
+
+def write_card(export: ExportPlan, folder: Path, verification: dict) -> None:
+    """reap_recipe.json and README.md, last: both report the verification."""
+    export_info = {"path": "streaming" if export.streaming else "in-memory", "weights_dtype": export.weight_dtype,
+                   "max_shard_bytes": export.max_shard_bytes, "verification": verification or None}
+    recipe = build_recipe(export.pruning, export.stats, gate_definition=export.adapter.layout.gate_definition,
+                          base_model=export.base_model, source=export.model_id, export=export_info)
+    _write_json(folder / RECIPE_FILE, recipe)
+    model_card(export.card, recipe).save(folder / CARD_FILE)
+
+
+# --- the export -------------------------------------------------------------------------------
+
+def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path, *,
+                  loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
+                  eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
+                  progress: Progress | None = None) -> ExportResult:
+    """Write the pruned model as a complete folder at `out_dir`: plan, write, verify, describe.
+
+    source     Hub id / local folder (streaming from its safetensors), or a LoadedModel.
+    loaded     the original model in memory, for verification (defaults to `source` if loaded).
+    streaming  None = streaming whenever the source's safetensors files are on disk (or, for a Hub
+               id, downloadable); False = slice the loaded model in memory.
+    verify     None = verify when a loaded model is at hand; True = always (loads the source if
+               needed: as much memory as the model); False = skip (the card says so).
+    eval_results  optional {task: {column: value}} rendered in the card (see card.eval_table).
+    """
+    start = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    export = plan_export(source, plan, stats, out_dir, loaded=loaded, streaming=streaming, verify=verify,
+                         eval_results=eval_results, repo_id=repo_id, base_model=base_model,
+                         max_shard_bytes=max_shard_bytes, token=token, progress=report)
+    with atomic_folder(export.out_dir, marker=PLAN_FILE) as tmp:
+        write_export(export, tmp, lambda f, m: report(0.8 * f, m))
         verification: dict = {}
-        if verify:
+        if export.verify:
             report(0.8, "verifying: reloading the export and comparing logits with the masked original")
-            verification = verify_export(tmp, loaded, plan)
-        report(0.95, "writing the model card, recipe, scores and heatmap")
-        base = base_model or hub_id_of(model_id, folder)
-        export_info = {"path": "streaming" if streaming else "in-memory", "weights_dtype": weight_dtype,
-                       "max_shard_bytes": max_shard_bytes, "verification": verification or None}
-        recipe = build_recipe(plan, stats, gate_definition=adapter.layout.gate_definition, base_model=base,
-                              source=model_id, export=export_info)
-        _write_json(tmp / RECIPE_FILE, recipe)
-        (tmp / SCORES_FILE).write_text(json.dumps(scores_document(stats, plan), indent=1))
-        (tmp / PLAN_FILE).write_text(plan.to_json())
-        stats.save(tmp / STATS_FILE)
-        scores = compute_scores(stats, plan.criterion, categories=list(plan.categories) if plan.categories else None,
-                                seed=plan.seed)
-        (tmp / HEATMAP_FILE).write_bytes(heatmap_png(scores, plan.pruned_mask()))
-        original, pruned = _sizes(config, adapter, plan, weight_dtype)
-        is_multimodal = "vision_config" in config_dict and config_dict["vision_config"] is not None
-        inputs = CardInputs(repo_name=repo_id or out_dir.name, family=adapter.layout.family,
-                            pipeline_tag="image-text-to-text" if is_multimodal else "text-generation",
-                            license=base_license(folder), original=original, pruned=pruned,
-                            is_multimodal=is_multimodal, eval_results=eval_results)
-        (tmp / CARD_FILE).write_text(render_card(inputs, recipe))
+            verification = verify_export(tmp, export.loaded, plan)
+        report(0.95, "writing the model card and the recipe")
+        write_card(export, tmp, verification)
         all_files = sorted(p.name for p in tmp.iterdir())
         total_bytes = sum(p.stat().st_size for p in tmp.iterdir())
-    report(1.0, f"exported to {out_dir}")
-    return ExportResult(path=out_dir, files=all_files, max_abs_diff=verification.get("max_abs_diff"),
+    report(1.0, f"exported to {export.out_dir}")
+    return ExportResult(path=export.out_dir, files=all_files, max_abs_diff=verification.get("max_abs_diff"),
                         tolerance=verification.get("tolerance"), seconds=time.perf_counter() - start,
-                        bytes=total_bytes, streaming=bool(streaming), verification=verification)
+                        bytes=total_bytes, streaming=export.streaming, verification=verification)

@@ -6,28 +6,32 @@ The token is the user's OAuth token on a Space (the app passes it), or the one s
 must never push as the server's owner. It is passed to huggingface_hub and nowhere else: never
 printed, logged, or written to a file, and scrubbed from any message.
 
-Steps: validate the name, check the token (whoami: one request, fails in a second instead of
-after hashing 40 GB), create the repo or reuse it, check that a repo meant to be private is
-(create_repo ignores `private` for an existing repo), upload. huggingface_hub's upload_folder is,
-with hf_xet installed (huggingface_hub >= 2), a resumable pipelined upload that commits a large
-folder in batches and skips what already arrived; without hf_xet it is one commit over the
-legacy LFS protocol. On huggingface_hub 1.x, large folders go through upload_large_folder
-(resumable), small ones through upload_folder (one commit). Every failure a user can cause is a
-PushError with one clear sentence.
+Steps: validate the name (huggingface_hub's own rules), check the token (whoami: one request,
+fails in a second instead of after hashing 40 GB), create the repo or reuse it, check that a repo
+meant to be private is (create_repo ignores `private` for an existing repo), upload with
+`upload_folder`. With hf_xet installed (a dependency of huggingface_hub 2.x on x86-64 and arm64)
+that is a pipelined upload that commits a large folder in batches and, run again after an
+interruption, skips what already arrived; without hf_xet it is one commit over the LFS protocol.
+There is no separate large-folder path: huggingface_hub 2.x has no `upload_large_folder` (its
+`upload_folder` took over that job), and on 1.x the single-commit `upload_folder` handles a
+model-sized folder too (only its resume is coarser).
+
+Errors: a failure a user can cause or fix (login, permission, name, network, a file that went
+away) is a PushError with one sentence; anything else (out of memory, a bug) is left alone to be
+a traceback, never reported as "upload failed".
 """
 
 from __future__ import annotations
 
-import re
-import shutil
+import functools
 from pathlib import Path
 from typing import Callable
 
 from .errors import ReapError
 
 Progress = Callable[[float, str], None]
-LARGE_FOLDER_BYTES = 5 * 10**9       # above this, prefer the resumable multi-commit upload
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_NAME_RULES = ("use 'name' or 'user/name', each part 1-96 letters, digits, '-', '_' or '.', not starting or "
+               "ending with '-' or '.', with no '--' or '..' and no final '.git'")
 
 
 class PushError(ReapError):
@@ -35,29 +39,66 @@ class PushError(ReapError):
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """'user/name' (or just 'name', completed later with the account name) -> the cleaned id."""
-    repo_id = (repo_id or "").strip().strip("/")
-    parts = repo_id.split("/")
-    problem = None
-    if not repo_id:
-        problem = "the repository name is empty"
-    elif len(parts) > 2:
-        problem = "use the form 'user/name' (one slash)"
-    elif not all(_NAME.match(p) for p in parts):
-        problem = "use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 96 characters"
-    elif any(".." in p or "--" in p or p.endswith((".", ".git")) for p in parts):
-        problem = "'..', '--' and a trailing '.' or '.git' are not allowed"
-    if problem:
-        raise PushError(f"invalid repository name '{repo_id}': {problem}")
-    return repo_id
+    """'user/name' (or just 'name', completed later with the account name) -> the cleaned id.
+
+    The rules are huggingface_hub's (utils.validate_repo_id, which every HfApi call applies); this
+    only strips spaces and slashes and says what the rules are."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    cleaned = (repo_id or "").strip().strip("/")
+    if not cleaned:
+        raise PushError("invalid repository name '': the name is empty")
+    try:
+        hub_validate_repo_id(cleaned)
+    except HFValidationError:
+        raise PushError(f"invalid repository name '{cleaned}': {_NAME_RULES}") from None
+    if not cleaned.isascii():     # older huggingface_hub matched Unicode letters; the Hub refuses them
+        raise PushError(f"invalid repository name '{cleaned}': {_NAME_RULES}")
+    return cleaned
+
+
+@functools.cache
+def hub_failures() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the Hub answered no or could not be reached, never a bug:
+    HfHubHTTPError (an HTTP status), OfflineModeIsEnabled, the HTTP client's TransportError
+    (connect, timeout, protocol: httpx under huggingface_hub 1.x, httpx2 under 2.x), and the
+    socket-level ConnectionError and TimeoutError."""
+    import importlib
+
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    found: list[type[BaseException]] = [HfHubHTTPError, OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for client in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
-def _explain(exc: Exception, repo_id: str, token: str | None) -> PushError:
-    """One sentence for the user, from huggingface_hub's and httpx's many exception types."""
+def _user_cause(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain of causes that a user can act on, or None. The chain matters:
+    huggingface_hub wraps a failed LFS upload in RuntimeError("Error while uploading ...") from the
+    real cause (an HTTP status, a dropped connection)."""
+    from huggingface_hub.errors import HFValidationError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (PushError, HFValidationError) + hub_failures()):
+            return seen
+        if isinstance(seen, OSError) and seen.filename:      # a file of the folder could not be read
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _explain(exc: BaseException, repo_id: str, token: str | None) -> PushError:
+    """One sentence for the user, from an exception `_user_cause` accepted."""
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     if isinstance(exc, PushError):
@@ -78,10 +119,12 @@ def _explain(exc: Exception, repo_id: str, token: str | None) -> PushError:
         return PushError(f"'{repo_id}' was not found and could not be created (check the namespace)")
     if status is not None and isinstance(exc, HfHubHTTPError):
         return PushError(f"the Hub refused the upload to '{repo_id}' (HTTP {status}): {first}")
-    if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(("httpx", "httpcore", "requests")):
+    if isinstance(exc, hub_failures()):
         return PushError(f"could not reach the Hugging Face Hub ({type(exc).__name__}): check the network "
                          f"and try again; files already uploaded are kept and skipped next time")
-    return PushError(f"upload to '{repo_id}' failed: {type(exc).__name__}: {first}")
+    # the one kind left: a file of the folder that could not be read (deleted or changed mid-upload)
+    return PushError(f"could not read '{exc.filename}' of the export folder ({exc.strerror or exc}): "
+                     f"export again, then push")
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -148,18 +191,12 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None, private: bo
         size = _folder_bytes(folder)
         report(0.1, f"uploading {sum(1 for p in folder.rglob('*') if p.is_file())} files ({size / 1e9:.2f} GB)")
         message = commit_message or f"Upload pruned model from REAP Studio ({folder.name})"
-        if size > LARGE_FOLDER_BYTES and hasattr(api, "upload_large_folder"):
-            cache = folder / ".cache" / "huggingface"       # upload_large_folder's resume records
-            had_cache = cache.exists()
-            api.upload_large_folder(repo_id=repo_id, folder_path=folder, repo_type="model", private=private)
-            if not had_cache:
-                shutil.rmtree(cache, ignore_errors=True)
-                if (folder / ".cache").is_dir() and not any((folder / ".cache").iterdir()):
-                    (folder / ".cache").rmdir()
-        else:
-            api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=message,
-                              ignore_patterns=[".cache/**", ".*.partial/**"])
+        api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=message,
+                          ignore_patterns=[".cache/**", ".*.partial/**"])
     except Exception as exc:
-        raise _explain(exc, repo_id, token) from None
+        cause = _user_cause(exc)
+        if cause is None:
+            raise                    # out of memory, a bug: a traceback, not a made-up "upload failed"
+        raise _explain(cause, repo_id, token) from None
     report(1.0, f"pushed to {url}")
     return url

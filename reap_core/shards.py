@@ -2,15 +2,20 @@
 
 Two sources give the same tensors: `CheckpointSource` reads the source checkpoint's safetensors
 files as byte ranges (only the kept experts' rows are read), `ModelSource` slices the tensors of
-a model already in memory. Both go through one writer, so the same plan gives byte-identical
-files whichever path produced them.
+a model already in memory. Both go through one layout and one writer, so the same plan gives
+byte-identical files whichever path produced them.
 
-Memory: the writer writes the header (computed from shapes alone), then each tensor in pieces of
-at most CHUNK_BYTES along its first axis, straight to the file; from a checkpoint the pieces are
-byte ranges the kernel copies (copy_file_range). Nothing ever holds a whole shard, or even a whole
-expert tensor: peak memory stays flat, whatever the model size.
-The file layout follows safetensors' own `save_file` (compact JSON header padded to 8 bytes,
-tensors ordered by element size then name), so loaders see an ordinary safetensors file.
+Layout (`plan_shards` -> `ShardLayout`): huggingface_hub's shard planning, fed tensor metadata
+instead of tensors (the streaming path never holds one).
+Writing (`write_checkpoint`): our own, because no library writes a safetensors file a piece at a
+time: safetensors' `save_file` and huggingface_hub's `save_torch_state_dict` take a dict of whole
+tensors, i.e. a whole shard (GBs) in memory, and slicing on load would read every pruned row too.
+The writer writes the header (computed from shapes alone), then each tensor in pieces of at most
+CHUNK_BYTES along its first axis, straight to the file; from a checkpoint the pieces are byte
+ranges the kernel copies (copy_file_range). Nothing ever holds a whole shard, or even a whole
+expert tensor: peak memory stays flat, whatever the model size. The file layout follows
+safetensors' own `save_file` (compact JSON header padded to 8 bytes, tensors ordered by element
+size then name), so loaders see an ordinary safetensors file.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from huggingface_hub.constants import SAFETENSORS_INDEX_FILE as INDEX_FILE       # the names loaders look for
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as SINGLE_FILE
+from huggingface_hub.constants import SAFETENSORS_WEIGHTS_FILE_PATTERN as WEIGHTS_PATTERN
 
 CHUNK_BYTES = 16 * 2**20          # largest piece copied or written at once
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -124,7 +130,8 @@ def row_chunks(entry: Entry, full_rows: int, row_bytes: int) -> Iterator[tuple[i
 class TensorSource:
     """Yields each output tensor as contiguous pieces (tensors or raw bytes), in output byte order."""
 
-    entries: list[Entry]
+    entries: list[Entry]                          # the output tensors, sliced shapes
+    source_shapes: dict[str, tuple[int, ...]]     # name -> shape before slicing
 
     def pieces(self, entry: Entry) -> Iterator[torch.Tensor]:
         raise NotImplementedError
@@ -238,24 +245,42 @@ class ModelSource(TensorSource):
 
 # --- layout and writing -----------------------------------------------------------------------
 
-def plan_shards(entries: list[Entry], max_shard_bytes: int) -> list[list[Entry]]:
-    """Greedy split in natural name order; a tensor larger than the limit gets a shard of its own."""
-    shards: list[list[Entry]] = [[]]
-    size = 0
-    for e in sorted(entries, key=lambda e: natural_key(e.name)):
-        if shards[-1] and size + e.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(e)
-        size += e.nbytes
-    return [s for s in shards if s]
+@dataclass(frozen=True)
+class ShardLayout:
+    """Which output tensors go to which file, and the index that says so: decided from shapes alone,
+    before any byte is read or written. `files` keeps the shard order; `index` is None for one file."""
+
+    files: dict[str, tuple[Entry, ...]]
+    index: dict | None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.files) + ([INDEX_FILE] if self.index is not None else [])
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.nbytes for entries in self.files.values() for e in entries)
 
 
-def shard_names(n: int) -> list[str]:
-    return [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+def plan_shards(entries: list[Entry], max_shard_bytes: int) -> ShardLayout:
+    """huggingface_hub's own shard planning (the one save_torch_state_dict and transformers'
+    save_pretrained use: greedy in key order, a tensor above the limit alone in its shard, file
+    names `model-0000i-of-0000n.safetensors`), run over tensor metadata: the storage size of an
+    entry is its output byte count, so no tensor needs to exist. Keys go in natural order, so both
+    sources give the same layout. No storage ids: tied copies are already left out of the entries."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    by_name = {e.name: e for e in sorted(entries, key=lambda e: natural_key(e.name))}
+    split = split_state_dict_into_shards_factory(by_name, get_storage_size=lambda e: e.nbytes,
+                                                 filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_bytes)
+    files = {name: tuple(by_name[k] for k in keys) for name, keys in split.filename_to_tensors.items()}
+    if not split.is_sharded:
+        return ShardLayout(files, None)
+    metadata = {"total_parameters": sum(e.nbytes // e.itemsize for e in entries), **split.metadata}
+    return ShardLayout(files, {"metadata": metadata, "weight_map": dict(sorted(split.tensor_to_filename.items()))})
 
 
-def _header(entries: list[Entry]) -> tuple[bytes, list[Entry]]:
+def _header(entries: list[Entry] | tuple[Entry, ...]) -> tuple[bytes, list[Entry]]:
     ordered = sorted(entries, key=lambda e: (-e.itemsize, e.name))   # safetensors' own order: aligned
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -267,7 +292,7 @@ def _header(entries: list[Entry]) -> tuple[bytes, list[Entry]]:
     return struct.pack("<Q", len(raw)) + raw, ordered
 
 
-def write_shard(path: Path, entries: list[Entry], source: TensorSource,
+def write_shard(path: Path, entries: list[Entry] | tuple[Entry, ...], source: TensorSource,
                 on_bytes: Callable[[int], None] | None = None) -> int:
     """Write one safetensors file, piece by piece. Returns the bytes of tensor data written."""
     head, ordered = _header(entries)
@@ -293,12 +318,11 @@ def write_shard(path: Path, entries: list[Entry], source: TensorSource,
     return written
 
 
-def write_checkpoint(out_dir: Path, source: TensorSource, max_shard_bytes: int,
+def write_checkpoint(out_dir: Path, source: TensorSource, layout: ShardLayout,
                      progress: Callable[[float, str], None] | None = None) -> list[str]:
-    """All shards plus the index (when there is more than one shard). Returns the file names."""
-    shards = plan_shards(source.entries, max_shard_bytes)
-    names = shard_names(len(shards))
-    total = sum(e.nbytes for e in source.entries)
+    """Every shard of `layout` from `source`, plus the index when there is more than one shard.
+    Returns the file names written."""
+    total = layout.total_bytes
     done = 0
 
     def on_bytes(n: int) -> None:
@@ -308,15 +332,10 @@ def write_checkpoint(out_dir: Path, source: TensorSource, max_shard_bytes: int,
             progress(done / max(total, 1), f"writing weights: {done / 1e9:.2f} of {total / 1e9:.2f} GB")
 
     try:
-        for name, entries in zip(names, shards):
+        for name, entries in layout.files.items():
             write_shard(out_dir / name, entries, source, on_bytes)
     finally:
         source.close()
-    if len(shards) > 1:
-        weight_map = {e.name: name for name, entries in zip(names, shards) for e in entries}
-        index = {"metadata": {"total_parameters": sum(e.nbytes // e.itemsize for e in source.entries),
-                              "total_size": total},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        return names + [INDEX_FILE]
-    return names
+    if layout.index is not None:
+        (out_dir / INDEX_FILE).write_text(json.dumps(layout.index, indent=2) + "\n")
+    return layout.names

@@ -3,9 +3,13 @@ uses to check a token, create a repo and commit files (regular files inline, LFS
 batch API and a PUT to an upload URL that points back here), and to read a model (repo info, file
 tree, file downloads). Enough for push and loading tests, no network.
 
-Every request's Authorization header is recorded (`hub.authorizations`), so a test can prove a
-token never reached the Hub. Public repos are readable without a token, like the real Hub;
-everything else needs `hub.token`.
+Why a fake and not the real Hub: the tests run offline (CI, HF_HUB_OFFLINE=1) and must not need
+an account or a token; and only a server we control can prove what was sent — every request and
+its Authorization header are recorded (`hub.requests`, `hub.authorizations`), so a test can prove
+a token never reached the Hub — and can answer any status on any path (`hub.fail_with`). It
+speaks the LFS protocol only (the tests set HF_HUB_DISABLE_XET, see `allow_local_hub`): the Xet
+upload path of huggingface_hub is the library's own and is not exercised here.
+Public repos are readable without a token, like the real Hub; everything else needs `hub.token`.
 
 Endpoints (see huggingface_hub hf_api.py create_repo / create_commit / model_info / list_repo_tree,
 _commit_api.py, lfs.py, file_download.py):
@@ -30,6 +34,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LFS_THRESHOLD = 10_000
+
+
+def allow_local_hub(monkeypatch) -> None:
+    """Let huggingface_hub talk to 127.0.0.1 (tests run with HF_HUB_OFFLINE=1), over plain LFS, with no
+    token from the environment."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
 class FakeHub:

@@ -1,22 +1,25 @@
-"""Export (streaming == in memory, reloadable, equal to the masked view, atomic), the model card,
-the heatmap PNG, and the push to a fake Hub on 127.0.0.1 (no real network)."""
+"""Export (plan -> write -> verify; streaming == in memory, reloadable, equal to the masked view,
+atomic), the model card, the heatmap PNG, and the push of a real export to a fake Hub on 127.0.0.1
+(no real network; the push's errors are in test_hub.py)."""
 
+import io
 import json
-import struct
-import zlib
+import re
 
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, split_torch_state_dict_into_shards
+from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from reap_core import shards
 from reap_core.card import HEATMAP_FILE, RECIPE_FILE, STATS_FILE, eval_table
-from reap_core.export import ExportError, export_pruned
-from reap_core.heatmap_png import heatmap_rgb, png_bytes
-from reap_core.hub import PushError, push_folder, validate_repo_id
+from reap_core.errors import StatisticsError
+from reap_core.export import ExportError, export_pruned, plan_export, verify_export
+from reap_core.heatmap_png import heatmap_png, heatmap_rgb, png_bytes
+from reap_core.hub import push_folder
 from reap_core.masking import masked_view
 from reap_core.model import load_model
 from reap_core.observer import observe
@@ -25,7 +28,7 @@ from reap_core.prune import PLAN_FILE, SCORES_FILE
 from reap_core.stats import ExpertStats
 from reap_core.tiny import build_tiny_model
 
-from fake_hub import FakeHub
+from fake_hub import FakeHub, allow_local_hub
 
 SHARD = 300_000          # bytes: forces several shards in and out of the tiny checkpoints
 BASE = "google/gemma-4-26b-a4b-it"
@@ -141,6 +144,26 @@ def test_model_card_metadata_and_body(exported):
                    "arxiv.org/abs/2510.13999", "Lasby", HEATMAP_FILE, "No evaluation results yet"):
         assert needle in text, needle
     assert f"{plan.num_pruned} of its {plan.num_experts} experts removed" in text
+    assert "License: apache-2.0, as the base model." in text and f"[{BASE}](https://huggingface.co/{BASE})" in text
+    usage = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    compile(usage, "usage", "exec")                                 # the template renders valid Python
+    loader = "AutoModelForImageTextToText" if exported["kind"] == "multimodal" else "AutoModelForCausalLM"
+    assert f'model = {loader}.from_pretrained(repo, dtype="auto", device_map="auto")' in usage
+    assert f'repo = "{exported["streamed"].path.name}"' in usage
+
+
+def test_card_with_evaluation_results(exported, tmp_path):
+    from dataclasses import replace
+
+    from reap_core.card import model_card
+
+    export = plan_export(str(exported["src"]), exported["plan"], exported["stats"], tmp_path / "x", verify=False)
+    recipe = json.loads((exported["streamed"].path / RECIPE_FILE).read_text())
+    results = {"_description": "toy suite", "math (n=40)": {"Original": "36/40 (90%)", "Pruned": "34/40 (85%)"}}
+    text = model_card(replace(export.card, eval_results=results), recipe).text
+    section = text.split("## Evaluation\n\n")[1].split("\n\n## Usage")[0]
+    assert section == ("toy suite\n\n| Task | Original | Pruned |\n|---|---|---|\n"
+                       "| math (n=40) | 36/40 (90%) | 34/40 (85%) |")
 
 
 def test_eval_results_render_as_a_table():
@@ -150,21 +173,42 @@ def test_eval_results_render_as_a_table():
     assert "| math | 0.9 | 0.85 |" in table and "| code | 0.7 | – |" in table
 
 
-def test_heatmap_png_decodes_to_the_image():
-    scores = np.array([[0.0, 1.0, 2.0], [3.0, 0.5, 1.0]])
-    pruned = np.array([[True, False, False], [False, True, False]])
-    rgb = heatmap_rgb(scores, pruned, cell=(4, 5))
-    assert rgb.shape == (8, 15, 3)
+def _decode_png(data: bytes) -> np.ndarray:
+    """Pillow, not our own offsets: verify() checks every chunk's CRC, then the pixels are decoded."""
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "PNG"
+        img.verify()
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "RGB"
+        return np.asarray(img)
+
+
+def test_png_bytes_decode_with_pillow():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
     png = png_bytes(rgb)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (15, 8)
-    idat_len = struct.unpack(">I", png[33:37])[0]
-    raw = zlib.decompress(png[41:41 + idat_len])
-    assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(8, 1 + 15 * 3)[:, 1:].reshape(8, 15, 3), rgb)
-    # kept best (blue) and pruned cells (orange hue) are told apart
-    best_kept, pruned_cell = rgb[1, 11], rgb[5, 6]
-    assert best_kept[2] > best_kept[0] and pruned_cell[0] >= pruned_cell[2]
+    assert np.array_equal(_decode_png(png), rgb)
+    broken = bytearray(png)
+    broken[-20] ^= 0xFF                                         # a flipped byte inside the IDAT chunk
+    with pytest.raises(SyntaxError, match="broken PNG file"):    # Pillow's CRC check catches it
+        _decode_png(bytes(broken))
+
+
+def test_heatmap_colours_follow_the_worked_example():
+    """Cell colour = light * (1 - 0.85 t) + dark * 0.85 t, with t = the score's place between the
+    layer's worst (0) and best (1); dark = blue (33, 102, 172) if kept, orange (217, 95, 2) if pruned;
+    light = (247, 247, 247); 4 x 5 px cells, the last row and column of each a white grid line."""
+    scores = np.array([[0.0, 1.0, 2.0], [3.0, 0.5, 1.0]])
+    pruned = np.array([[True, True, False], [False, True, False]])
+    light, best_kept = (247, 247, 247), (65, 124, 183)      # 247*0.15 + 33*0.85 = 65.1, ...
+    cells = [[light, (234, 182, 143), best_kept],              # t = 0.5, pruned: 247*0.575 + 217*0.425 = 234.25, ...
+             [best_kept, light, (211, 222, 234)]]              # t = 0.2, kept: 247*0.83 + 33*0.17 = 210.62, ...
+    expected = np.full((8, 15, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(cells):
+        for c, colour in enumerate(row):
+            expected[4 * r:4 * r + 3, 5 * c:5 * c + 4] = colour
+    assert np.array_equal(_decode_png(png_bytes(heatmap_rgb(scores, pruned, cell=(4, 5)))), expected)
+    default = _decode_png(heatmap_png(scores, pruned))             # the file the export writes: 16 x 16 px cells
+    assert default.shape == (2 * 16, 3 * 16, 3) and tuple(default[17, 5]) == best_kept
 
 
 def test_interrupted_export_leaves_no_half_folder(exported, tmp_path, monkeypatch):
@@ -206,26 +250,79 @@ def test_verification_failure_publishes_nothing(exported, tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_statistics_of_another_model_are_refused(exported, tmp_path):
+def test_a_plan_or_statistics_of_another_model_are_refused(exported, tmp_path):
     from reap_core.plan import plan_from_scores
 
-    wrong = plan_from_scores(np.zeros((len(exported["plan"].layer_indices), 8)), 0.25, top_k=2,
-                             layer_indices=list(exported["plan"].layer_indices))
-    with pytest.raises(Exception, match="experts"):
-        export_pruned(str(exported["src"]), wrong, exported["stats"], tmp_path / "x", verify=False)
+    plan, stats = exported["plan"], exported["stats"]
+    layers = list(plan.layer_indices)
+    wrong = plan_from_scores(np.zeros((len(layers), 8)), 0.25, top_k=2, layer_indices=layers)
+    with pytest.raises(ExportError) as err:
+        export_pruned(str(exported["src"]), wrong, stats, tmp_path / "x", verify=False)
+    assert str(err.value) == "the plan is for 8 experts per layer, the model has 16"
+    other = ExpertStats(model_id="another-model", layer_indices=layers, num_experts=8, top_k=2,
+                        categories=stats.categories, arrays={k: v[:, :, :8] for k, v in stats.arrays.items()},
+                        tokens_per_category=stats.tokens_per_category, calibration={})
+    with pytest.raises(StatisticsError) as err:
+        export_pruned(str(exported["src"]), make_plan(other, 0.25, "reap"), other, tmp_path / "x", verify=False)
+    assert str(err.value) == (f"these statistics are for {len(layers)} MoE layers x 8 experts (another-model), "
+                              f"but the model has {len(layers)} x 16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plan_writes_nothing_and_is_what_gets_written(exported, tmp_path):
+    """plan_export decides the layout before a byte is written; the export then writes exactly that
+    layout, which is the one huggingface_hub computes for the same (sliced) tensors."""
+    plan, stats, src = exported["plan"], exported["stats"], exported["src"]
+    export = plan_export(str(src), plan, stats, tmp_path / "planned", max_shard_bytes=SHARD, verify=False)
+    assert list(tmp_path.iterdir()) == []
+    out = exported["streamed"].path
+    assert sorted(export.layout.names) == sorted(f for f in exported["streamed"].files
+                                                 if f.endswith(".safetensors") or f.endswith(".index.json"))
+    for name, entries in export.layout.files.items():
+        with safe_open(out / name, framework="pt") as h:
+            assert sorted(h.keys()) == sorted(e.name for e in entries), name
+    written = _tensors(out)
+    in_order = {k: written[k] for k in sorted(written, key=shards.natural_key)}
+    split = split_torch_state_dict_into_shards(in_order, max_shard_size=SHARD)
+    assert {f: sorted(ks) for f, ks in split.filename_to_tensors.items()} == \
+        {f: sorted(e.name for e in es) for f, es in export.layout.files.items()}
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == split.tensor_to_filename
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in written.values())
+    assert index["metadata"]["total_parameters"] == sum(t.numel() for t in written.values())
+
+
+def _raising(exc):
+    def from_pretrained(cls, *args, **kwargs):
+        raise exc
+    return classmethod(from_pretrained)
+
+
+def test_verification_out_of_memory_and_bugs_say_what_happened(exported, tmp_path, monkeypatch):
+    """Reloading can run out of memory (a user's machine: a clear message) or hit a bug (a traceback);
+    neither may read as "the exported folder does not load"."""
+    if exported["kind"] != "causal":
+        pytest.skip("one class is enough")
+    loaded, plan, folder = exported["loaded"], exported["plan"], exported["streamed"].path
+    for raised in (torch.OutOfMemoryError("CUDA out of memory"), MemoryError()):
+        monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", _raising(raised))
+        with pytest.raises(ExportError) as err:
+            verify_export(folder, loaded, plan)
+        assert str(err.value) == ("not enough memory to reload the export for verification (it needs as much as the "
+                                  "pruned model): export without verification (CLI: --no-verify), or on a machine "
+                                  "with more memory; nothing was written")
+    bug = TypeError("from_pretrained() got an unexpected keyword argument")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", _raising(bug))
+    with pytest.raises(TypeError) as err:
+        verify_export(folder, loaded, plan)
+    assert err.value is bug
 
 
 # --- push -------------------------------------------------------------------------------------
 
 @pytest.fixture
 def hub_env(monkeypatch):
-    """Let huggingface_hub talk to 127.0.0.1 (tests run with HF_HUB_OFFLINE=1), over plain LFS."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    allow_local_hub(monkeypatch)
 
 
 def test_push_uploads_every_file_byte_identical(exported, hub_env, capsys, caplog):
@@ -250,91 +347,6 @@ def test_push_uploads_every_file_byte_identical(exported, hub_env, capsys, caplo
     assert TOKEN not in out.out + out.err + caplog.text + "".join(m for _, m in steps)
     assert not any(TOKEN.encode() in p.read_bytes() for p in folder.rglob("*") if p.is_file())
     assert not (folder / ".cache").exists()
-
-
-def test_push_errors_are_clear(exported, hub_env, monkeypatch):
-    if exported["kind"] != "causal":
-        pytest.skip("one class is enough")
-    folder = exported["streamed"].path
-    with FakeHub(token=TOKEN) as hub:
-        with pytest.raises(PushError, match="not logged in.*invalid or expired") as err:
-            push_folder(folder, "tester/x", token="hf_wrong", endpoint=hub.endpoint)
-        assert "hf_wrong" not in str(err.value)
-        hub.fail_with["/api/repos/create"] = 403
-        with pytest.raises(PushError, match="no write permission for 'tester/x'"):
-            push_folder(folder, "tester/x", token=TOKEN, endpoint=hub.endpoint)
-        hub.fail_with = {"/api/models/tester/y/preupload": 403}
-        with pytest.raises(PushError, match="no write permission"):
-            push_folder(folder, "tester/y", token=TOKEN, endpoint=hub.endpoint)
-        assert hub.repos["tester/y"] == {}
-    with FakeHub(token=TOKEN, role="read") as hub:
-        with pytest.raises(PushError, match="read-only"):
-            push_folder(folder, "tester/x", token=TOKEN, endpoint=hub.endpoint)
-    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    with pytest.raises(PushError, match="not logged in"):
-        push_folder(folder, "tester/x", token=None, endpoint="http://127.0.0.1:9")
-    with pytest.raises(PushError, match="could not reach"):
-        push_folder(folder, "tester/x", token=TOKEN, endpoint="http://127.0.0.1:9")   # nothing listens there
-    with pytest.raises(PushError, match="not an exported model folder"):
-        push_folder(folder / "missing", "tester/x", token=TOKEN)
-
-
-SERVER_TOKEN = "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9"
-
-
-def test_public_push_never_uses_the_servers_token(exported, hub_env, monkeypatch):
-    """Public mode (allow_saved_token=False) on a Space whose HF_TOKEN secret is set: a visitor who is
-    not signed in is refused before any request; a signed-in one pushes with their own token only."""
-    if exported["kind"] != "causal":
-        pytest.skip("one class is enough")
-    folder = exported["streamed"].path
-    monkeypatch.setenv("HF_TOKEN", SERVER_TOKEN)
-    with FakeHub(token=SERVER_TOKEN) as hub:            # the server's token would be accepted here
-        with pytest.raises(PushError) as err:
-            push_folder(folder, "tester/x", token=None, endpoint=hub.endpoint, allow_saved_token=False)
-        assert str(err.value) == ("not signed in: sign in with the Sign in button to push (this server never "
-                                  "pushes with its own token)")
-        assert hub.requests == [] and "tester/x" not in hub.repos
-        # the control: locally (the default) the same call pushes with HF_TOKEN, so the refusal is the policy
-        push_folder(folder, "tester/x", token=None, endpoint=hub.endpoint)
-        assert hub.repos["tester/x"] and f"Bearer {SERVER_TOKEN}" in hub.authorizations
-    with FakeHub(token=TOKEN) as hub:                   # a signed-in visitor
-        push_folder(folder, "tester/y", token=TOKEN, endpoint=hub.endpoint, allow_saved_token=False)
-        assert hub.repos["tester/y"] == {p.name: p.read_bytes() for p in folder.iterdir()}
-        assert set(hub.authorizations) - {None} == {f"Bearer {TOKEN}"}     # None: the pre-signed LFS PUTs
-
-
-def test_private_push_onto_an_existing_public_repo_is_refused(exported, hub_env):
-    """create_repo(private=True, exist_ok=True) leaves an existing public repo public: uploading would
-    publish what the user meant to keep private, under a "Pushed" message."""
-    if exported["kind"] != "causal":
-        pytest.skip("one class is enough")
-    folder = exported["streamed"].path
-    with FakeHub(token=TOKEN) as hub:
-        hub.add_model("tester/public-one", {"README.md": b"# public\n"})
-        with pytest.raises(PushError) as err:
-            push_folder(folder, "public-one", token=TOKEN, private=True, endpoint=hub.endpoint)
-        assert str(err.value) == ("'tester/public-one' already exists and is public; the Private box does not "
-                                  "change an existing repo \u2014 make it private on the Hub, or untick Private")
-        assert hub.commits == [] and hub.repos["tester/public-one"] == {"README.md": b"# public\n"}
-        assert not any("preupload" in r or "lfs" in r for r in hub.requests)     # refused before uploading
-        push_folder(folder, "tester/public-one", token=TOKEN, endpoint=hub.endpoint)     # Private unticked: fine
-        hub.add_model("tester/private-one", {}, private=True)
-        push_folder(folder, "tester/private-one", token=TOKEN, private=True, endpoint=hub.endpoint)
-        assert [c["repo"] for c in hub.commits] == ["tester/public-one", "tester/private-one"]
-        assert hub.private == {"tester/public-one": False, "tester/private-one": True}
-
-
-@pytest.mark.parametrize("name", ["", "a/b/c", "user/bad name", "user/-x", "user/x..y", "user/x.git", "ü/x",
-                                  "user/" + "x" * 97])
-def test_invalid_repo_names(name):
-    with pytest.raises(PushError, match="invalid repository name"):
-        validate_repo_id(name)
-
-
-def test_valid_repo_names():
-    assert validate_repo_id(" me/gemma-4-26b-a4b-it-REAP-0.2 ") == "me/gemma-4-26b-a4b-it-REAP-0.2"
-    assert validate_repo_id("just-a-name") == "just-a-name"
 
 
 def test_cli_export_and_push(exported, tmp_path, monkeypatch, capsys):
