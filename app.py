@@ -14,7 +14,7 @@ import html
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -24,13 +24,17 @@ from reap_core.calibration import (LOCAL_LIMITS, PUBLIC_LIMITS, TOY_PREFIX, Cali
                                    builtin_categories)
 from reap_core.chat import GenerationSettings, check_prompt_length, split_reasoning, stream_variants
 from reap_core.errors import Cancelled, ReapError
-from reap_core.evaluate import (DEFAULT_CRITERIA, METRICS, FidelityCache, build_heldout, calibration_exclusion,
-                                card_eval_results, defaults_for, feasible_ratios, fidelity_figure,
-                                generation_quality, task_accuracy)
+from reap_core.eval_defaults import defaults_for
+from reap_core.fidelity import DEFAULT_CRITERIA, METRICS, FidelityCache, feasible_ratios
+from reap_core.generation_quality import generation_quality
+from reap_core.heldout import build_heldout, calibration_exclusion
+from reap_core.card import card_eval_results
+from reap_core.task_eval import task_accuracy
+from reap_core.viz import fidelity_figure  # (evaluate.py split; can join the viz import below)
 from reap_core.export import export_pruned
 from reap_core.hub import push_folder
 from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
-from reap_core.plan import make_plan
+from reap_core.plan import PruningPlan, make_plan
 from reap_core.saliency import CRITERIA, compute_scores
 from reap_core.stats import ExpertStats
 from reap_core.studio import (ModelCache, SessionSignals, StatsCache, compression_table, model_card,
@@ -76,8 +80,23 @@ LIMITS = (Limits("20mb", PUBLIC_LIMITS, 262_144, 50 * 10**6, 16_000, 4_096) if M
           Limits("2gb", LOCAL_LIMITS, 50_000_000, 2 * 10**9, 400_000, 131_072))
 
 
-def new_session() -> dict:
-    return {"model_id": None, "stats": None, "plan": None}
+@dataclass(frozen=True)
+class ExportRecord:
+    """The export a session made and verified: what its push uploads, and nothing else."""
+    path: str
+    verified: bool
+    plan: str            # plan_summary, for the push message
+
+
+@dataclass(frozen=True)
+class Session:
+    """One browser tab's work (gr.State). Loaded models are shared by all sessions; what is here is
+    this visitor's own. Handlers return a new Session (dataclasses.replace), never mutate one."""
+    model_id: str | None = None
+    stats: ExpertStats | None = None
+    plan: PruningPlan | None = None
+    evals: dict = field(default_factory=dict)   # "fidelity" | "generation" | "tasks" -> result
+    export: ExportRecord | None = None
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -110,21 +129,21 @@ def fail(exc: Exception) -> str:
     return f"⚠️ **{exc}**"
 
 
-def session_model(session: dict):
-    if not session.get("model_id"):
+def session_model(session: Session):
+    if not session.model_id:
         raise ReapError("load a model first (step 1)")
-    return MODELS.get(session["model_id"])
+    return MODELS.get(session.model_id)
 
 
-def session_stats(session: dict) -> ExpertStats:
-    if session.get("stats") is None:
+def session_stats(session: Session) -> ExpertStats:
+    if session.stats is None:
         raise ReapError("run a calibration first (step 2), or upload a statistics file")
-    return session["stats"]
+    return session.stats
 
 
 # --- 1. model --------------------------------------------------------------------------------
 
-def on_load_model(model_id: str, session: dict, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
+def on_load_model(model_id: str, session: Session, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
                   progress=gr.Progress()):
     try:
         progress(0.1, desc=f"Loading {model_id} …")
@@ -133,7 +152,7 @@ def on_load_model(model_id: str, session: dict, request: gr.Request, oauth_token
         card = model_card(loaded, *MODELS.counts(loaded)).markdown()
     except ReapError as exc:  # keep the model, statistics and prune already there
         return fail(exc), session, gr.update(), gr.update()
-    session = {**new_session(), "model_id": model_id}
+    session = Session(model_id=model_id)
     toy = [c for c in builtin_categories() if c.startswith(TOY_PREFIX)]
     general = [c for c in builtin_categories() if c not in toy]
     default = toy if model_id == BUNDLED_MODEL else general
@@ -155,7 +174,7 @@ def calibration_spec(categories: list[str], hub_spec: str, upload) -> tuple[str,
 
 
 @gpu
-def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dict, request: gr.Request,
+def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Session, request: gr.Request,
                  progress=gr.Progress()):
     sid = session_id(request)
     cancelled = stop_check(SIGNALS.start(sid, "work"), "calibration")
@@ -177,7 +196,7 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dic
         stats, cached = STATS.get_or_observe(loaded, calib, batch_size=4, progress=report)
     except ReapError as exc:  # includes Cancelled: the statistics already there are kept
         return fail(exc), session, gr.update()
-    session = {**session, "stats": stats, "plan": None, "eval": {}}  # results of other statistics are stale
+    session = replace(session, stats=stats, plan=None, evals={})  # results of other statistics are stale
     path = WORK.scratch_dir(sid, "stats") / f"reap-stats-{stats.fingerprint()}.npz"
     stats.save(path)
     WORK.sweep(keep=sid)
@@ -187,7 +206,7 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: dic
               f"{summary}"), session, gr.update(value=str(path), visible=True)
 
 
-def on_upload_stats(file, session: dict):
+def on_upload_stats(file, session: Session):
     try:
         loaded = session_model(session)
         if file is None:
@@ -196,16 +215,16 @@ def on_upload_stats(file, session: dict):
         stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     except ReapError as exc:
         return fail(exc), session
-    return ok(f"Loaded statistics of {stats.num_tokens} tokens ({literal(stats.model_id)})"), {**session, "stats": stats,
-                                                                                      "plan": None, "eval": {}}
+    return (ok(f"Loaded statistics of {stats.num_tokens} tokens ({literal(stats.model_id)})"),
+            replace(session, stats=stats, plan=None, evals={}))
 
 
 # --- 3. saliency and 4. compression (statistics only: instant) -------------------------------
 
-def on_view(criterion, ratio, protect, sort_experts, category, session: dict):
+def on_view(criterion, ratio, protect, sort_experts, category, session: Session):
     """Heatmap + size table for the current settings; runs on every slider move."""
     notice = gr.update()
-    current = session.get("plan")
+    current = session.plan
     if current is not None and (current.criterion != criterion or abs(current.compression_ratio - ratio) > 1e-9):
         notice = (f"ℹ️ Chat still uses **{current.criterion}** at {current.compression_ratio:.0%} — press **Prune** "
                   f"to apply {criterion} at {ratio:.0%}")
@@ -224,16 +243,28 @@ def on_view(criterion, ratio, protect, sort_experts, category, session: dict):
     return fig, table, gr.update(choices=["all categories"] + stats.categories), notice
 
 
-def on_category_view(layer_label, session: dict):
+def notice_figure(text: str):
+    """An empty plot that says why it is empty (a blank plot with no message looks broken)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, font=dict(size=14), x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(xaxis_visible=False, yaxis_visible=False, height=220, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def on_category_view(layer_label, session: Session):
     try:
         stats = session_stats(session)
-        row = [f"L{i}" for i in stats.layer_indices].index(layer_label) if layer_label else 0
-        return category_heatmap(stats, row)
-    except (ReapError, ValueError):
-        return None
+        labels = [f"L{i}" for i in stats.layer_indices]
+        if layer_label and layer_label not in labels:
+            raise ReapError(f"no MoE layer {layer_label}: choose one of {', '.join(labels)}")
+        return category_heatmap(stats, labels.index(layer_label) if layer_label else 0)
+    except ReapError as exc:
+        return notice_figure(f"⚠️ {exc}")
 
 
-def on_expert(layer_label, expert, session: dict):
+def on_expert(layer_label, expert, session: Session):
     try:
         stats = session_stats(session)
         row = [f"L{i}" for i in stats.layer_indices].index(layer_label) if layer_label else 0
@@ -263,15 +294,15 @@ def literal(text: str) -> str:
     return text
 
 
-def on_compare(criterion_a, criterion_b, ratio, session: dict):
+def on_compare(criterion_a, criterion_b, ratio, session: Session):
     try:
         stats = session_stats(session)
         return criteria_agreement(stats, make_plan(stats, ratio, criterion_a), make_plan(stats, ratio, criterion_b))
-    except ReapError:
-        return None
+    except ReapError as exc:
+        return notice_figure(f"⚠️ {exc}")
 
 
-def on_prune(criterion, ratio, protect, category, session: dict):
+def on_prune(criterion, ratio, protect, category, session: Session):
     try:
         session_model(session)
         stats = session_stats(session)
@@ -282,8 +313,8 @@ def on_prune(criterion, ratio, protect, category, session: dict):
     label = f"Pruned — {plan.num_kept}/{plan.num_experts} experts per layer ({plan.criterion}, {plan.compression_ratio:.0%})"
     return (ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."),
             # the fidelity sweep depends on the statistics only; quality and accuracy on this plan
-            {**session, "plan": plan, "eval": {k: v for k, v in (session.get("eval") or {}).items()
-                                               if k == "fidelity"}}, gr.update(label=label))
+            replace(session, plan=plan, evals={k: v for k, v in session.evals.items() if k == "fidelity"}),
+            gr.update(label=label))
 
 
 # --- 5. chat side by side --------------------------------------------------------------------
@@ -301,16 +332,16 @@ def render_answer(raw: str) -> list[dict]:
     return msgs + [{"role": "assistant", "content": answer or "…"}]
 
 
-def require_plan(session: dict, why: str):
+def require_plan(session: Session, why: str):
     """The session's plan, or the message naming the first step still missing."""
     session_stats(session)
-    if session.get("plan") is None:
+    if session.plan is None:
         raise ReapError(f"prune first (step 4): {why}")
-    return session["plan"]
+    return session.plan
 
 
 @gpu
-def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: dict,
+def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_tokens, thinking, session: Session,
             request: gr.Request):
     if not message or not message.strip():
         yield chat_orig, chat_pruned, "Type a message first.", gr.update()
@@ -329,7 +360,7 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
     stop = SIGNALS.start(session_id(request), "chat")   # Stop and Clear set it
     try:
-        for texts in stream_variants(loaded, histories, [None, session["plan"]], settings, image=image, stop=stop,
+        for texts in stream_variants(loaded, histories, [None, session.plan], settings, image=image, stop=stop,
                                      max_prompt_tokens=LIMITS.prompt_tokens):
             if stop.is_set():
                 return
@@ -342,7 +373,7 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
 
 # --- 6. evaluate -------------------------------------------------------------------------------
 
-def on_fidelity(criteria, metric, ratio, session: dict, request: gr.Request, progress=gr.Progress()):
+def on_fidelity(criteria, metric, ratio, session: Session, request: gr.Request, progress=gr.Progress()):
     cancelled = stop_check(SIGNALS.start(session_id(request), "work"), "fidelity sweep")
     try:
         loaded, stats = session_model(session), session_stats(session)
@@ -360,18 +391,19 @@ def on_fidelity(criteria, metric, ratio, session: dict, request: gr.Request, pro
             progress=report)
     except ReapError as exc:
         return fail(exc), gr.update(), session
-    evals = {**session.get("eval", {}), "fidelity": result}
+    evals = {**session.evals, "fidelity": result}
     took = "from cache" if cached else f"{result.timing.get('seconds', 0):.1f} s"
-    return (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria on {result.heldout} ({took})")
-            + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), {**session, "eval": evals})
+    return (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria "
+               f"({result.heldout.get('sequences')} held-out sequences, {took})")
+            + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), replace(session, evals=evals))
 
 
-def on_fidelity_redraw(metric, ratio, session: dict):
-    result = session.get("eval", {}).get("fidelity")
+def on_fidelity_redraw(metric, ratio, session: Session):
+    result = session.evals.get("fidelity")
     return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
 
 
-def on_quality(kind: str, session: dict, request: gr.Request, progress):
+def on_quality(kind: str, session: Session, request: gr.Request, progress):
     cancelled = stop_check(SIGNALS.start(session_id(request), "work"),
                            "generation quality" if kind == "generation" else "task accuracy")
     try:
@@ -385,21 +417,21 @@ def on_quality(kind: str, session: dict, request: gr.Request, progress):
         report = (generation_quality if kind == "generation" else task_accuracy)(loaded, plan, progress=step)
     except ReapError as exc:
         return fail(exc), session
-    return report.format_table(), {**session, "eval": {**session.get("eval", {}), kind: report}}
+    return report.format_table(), replace(session, evals={**session.evals, kind: report})
 
 
 @gpu
-def on_generation_quality(session: dict, request: gr.Request, progress=gr.Progress()):
+def on_generation_quality(session: Session, request: gr.Request, progress=gr.Progress()):
     return on_quality("generation", session, request, progress)
 
 
 @gpu
-def on_task_accuracy(session: dict, request: gr.Request, progress=gr.Progress()):
+def on_task_accuracy(session: Session, request: gr.Request, progress=gr.Progress()):
     return on_quality("tasks", session, request, progress)
 
 
-def eval_results_for_card(session: dict) -> dict | None:
-    evals, plan = session.get("eval") or {}, session.get("plan")
+def eval_results_for_card(session: Session) -> dict | None:
+    evals, plan = session.evals, session.plan
     if not evals or plan is None:
         return None
     return card_eval_results(plan, fidelity=evals.get("fidelity"), generation=evals.get("generation"),
@@ -412,26 +444,26 @@ EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))  # local mo
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
 
 
-def default_export_dir(session: dict) -> str:
-    plan = session.get("plan")
-    name = Path(session.get("model_id") or "model").name
+def default_export_dir(session: Session) -> str:
+    plan = session.plan
+    name = Path(session.model_id or "model").name
     return str(EXPORT_ROOT / (f"{name}-reap-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name))
 
 
-def export_target(out_dir: str, session: dict, sid: str) -> Path:
+def export_target(out_dir: str, session: Session, sid: str) -> Path:
     """Public: the session's own folder, never a path the visitor names. Local: the path given (an
     existing folder that is not an earlier export is refused by the exporter, never emptied)."""
-    plan = session["plan"]
+    plan = session.plan
     if MODE.public:
         if (out_dir or "").strip():
             raise ReapError("server paths are not accepted here: each session exports into its own folder — "
                             "leave the folder empty and download the zip")
-        return WORK.export_dir(sid, session.get("model_id") or "model", plan.criterion, plan.compression_ratio)
+        return WORK.export_dir(sid, session.model_id or "model", plan.criterion, plan.compression_ratio)
     return Path((out_dir or "").strip() or default_export_dir(session))
 
 
 @gpu
-def on_export(out_dir: str, session: dict, request: gr.Request, progress=gr.Progress()):
+def on_export(out_dir: str, session: Session, request: gr.Request, progress=gr.Progress()):
     sid = session_id(request)
     try:
         loaded = session_model(session)
@@ -456,34 +488,34 @@ def on_export(out_dir: str, session: dict, request: gr.Request, progress=gr.Prog
     where = f"`{result.path.name}` (this session's folder)" if MODE.public else f"`{result.path}`"
     return (ok(f"Exported to {where} — {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
                f"{result.seconds:.1f} s, {check}."),
-            {**session, "export": {"path": str(result.path), "verified": result.max_abs_diff is not None,
-                                   "plan": plan_summary(plan)}}, archive)
+            replace(session, export=ExportRecord(str(result.path), result.max_abs_diff is not None,
+                                                 plan_summary(plan))), archive)
 
 
-def on_push(repo_id: str, private: bool, session: dict, request: gr.Request,
+def on_push(repo_id: str, private: bool, session: Session, request: gr.Request,
             oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
     # Public mode: the visitor's OAuth token or nothing (never the server's HF_TOKEN). Locally: the token
     # saved by `hf auth login` when no sign-in is given.
     token = oauth_token.token if oauth_token is not None and oauth_token.token else None
     try:
-        export = session.get("export")
+        export = session.export
         if not export:
             raise ReapError("export first: the push uploads the verified export folder of this session")
-        if MODE.public and not WORK.owns(session_id(request), export["path"]):
+        if MODE.public and not WORK.owns(session_id(request), export.path):
             raise ReapError("export first: the push uploads the verified export folder of this session")
-        if not export["verified"]:
+        if not export.verified:
             raise ReapError("this export was not verified: export again before pushing")
         if MODE.public and token is None:
             raise ReapError("sign in with the **Sign in with Hugging Face** button to push: on a public server "
                             "only your own account is used" if ON_SPACE else
                             "pushing from a public server needs a Hugging Face sign-in, which only a Space "
                             "offers: download the zip and push it with `hf upload` instead")
-        url = push_folder(export["path"], repo_id, token=token, private=bool(private),
+        url = push_folder(export.path, repo_id, token=token, private=bool(private),
                           allow_saved_token=not MODE.public,
                           progress=lambda fraction, message: progress(fraction, desc=message))
     except ReapError as exc:
         return fail(exc)
-    return ok(f"Pushed to [{url}]({url}) — {export['plan']}")
+    return ok(f"Pushed to [{url}]({url}) — {export.plan}")
 
 
 def on_session_end(request: gr.Request):
@@ -518,7 +550,7 @@ GENERAL_EXAMPLES = ["Explain in two sentences why the sky is blue.",
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="REAP Studio", delete_cache=(1800, 3600)) as demo:  # gradio's copies of our files too
-        session = gr.State(new_session())
+        session = gr.State(Session())
         gr.Markdown(INTRO)
 
         gr.Markdown("## 1 · Model")
@@ -654,7 +686,7 @@ def build_demo() -> gr.Blocks:
         compare = dict(fn=on_compare, inputs=[crit_a, crit_b, ratio, session], outputs=compare_plot, **private)
 
         def refresh_pickers(session):
-            stats = session.get("stats")
+            stats = session.stats
             layers = [f"L{i}" for i in stats.layer_indices] if stats else []
             return gr.update(choices=layers, value=layers[0] if layers else None)
 
@@ -720,10 +752,13 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-demo = build_demo()
-demo.queue(default_concurrency_limit=2, max_size=32)
-
-if __name__ == "__main__":
+def main() -> None:
     WORK.clean_start()  # sessions of an earlier run are gone; so are their files
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=2, max_size=32)
     demo.launch(theme=gr.themes.Soft(), css=CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 max_file_size=LIMITS.upload)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,7 @@ def bench_startup(runs: int) -> None:
                         ("import transformers (+ torch)", "import torch, transformers"),
                         ("import gradio", "import gradio"),
                         ("import reap_core modules app.py uses", "import app_imports_probe"),
-                        ("import app (all imports + build_demo)", "import app")]:
+                        ("import app + build_demo()", "import app; app.build_demo()")]:
         if code == "import app_imports_probe":
             code = ("import reap_core.calibration, reap_core.chat, reap_core.studio, reap_core.viz, "
                     "reap_core.saliency, reap_core.plan, reap_core.toy_tasks")
@@ -134,8 +134,8 @@ def bench_view(calls: int) -> None:
     app.MODELS.get = lambda model_id, *a, **k: fake_loaded          # no model needed: on_view is statistics only
     app.MODELS.counts = lambda loaded: (counts, "BF16")
     stats = synthetic_stats()
-    session = {"model_id": "synthetic-30x128", "stats": stats, "plan": None}
-    plot = next(b for b in app.demo.blocks.values()
+    session = app.Session(model_id="synthetic-30x128", stats=stats)
+    plot = next(b for b in app.build_demo().blocks.values()
                 if type(b).__name__ == "Plot" and "Saliency heatmap" in str(getattr(b, "label", "")))
 
     def timed(fn, n=calls):

@@ -190,13 +190,15 @@ def cmd_eval(args) -> None:
     criteria, with --generation the generation-quality table (both need --stats)."""
     import json
 
-    from . import evaluate
-    from .masking import masked_view
+    from .eval_defaults import defaults_for
+    from .fidelity import METRICS, feasible_ratios, run_fidelity_sweep
+    from .generation_quality import generation_quality
+    from .heldout import build_heldout, calibration_exclusion
     from .model import load_model
     from .plan import make_plan
     from .saliency import get_criterion
     from .stats import ExpertStats
-    from .task_eval import get_suite, run_suite
+    from .task_eval import get_suite, suite_accuracy, task_accuracy
 
     if args.json:
         check_output_file(args.json, "--json")    # before the evaluation, not after it
@@ -220,10 +222,10 @@ def cmd_eval(args) -> None:
         sweep_criteria = [c.strip() for c in args.sweep_criteria.split(",")]
         for name in sweep_criteria:
             get_criterion(name)
-        sweep_ratios = evaluate.feasible_ratios(stats.num_experts, stats.top_k)
+        sweep_ratios = feasible_ratios(stats.num_experts, stats.top_k)
         if args.sweep_ratios:
             sweep_ratios = parse_ratios(args.sweep_ratios)
-            usable = evaluate.feasible_ratios(stats.num_experts, stats.top_k, sweep_ratios)
+            usable = feasible_ratios(stats.num_experts, stats.top_k, sweep_ratios)
             too_far = [r for r in sweep_ratios if r not in usable]
             if too_far:
                 most = (stats.num_experts - stats.top_k) / stats.num_experts
@@ -234,28 +236,27 @@ def cmd_eval(args) -> None:
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     if stats is not None:
         stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
-    suite = evaluate.defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
+    suite = defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
     report: dict = {}
     label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
     print(f"{suite} suite, {args.items_per_domain} items per domain, {label}")
     if plan is not None:
-        tasks = evaluate.task_accuracy(loaded, plan, suite, items_per_domain=args.items_per_domain)
+        tasks = task_accuracy(loaded, plan, suite, items_per_domain=args.items_per_domain)
         print(tasks.format_table())
         report["tasks"] = tasks.to_dict()
-    else:
-        with masked_view(loaded, None):
-            result = run_suite(loaded.model, loaded.tokenizer, suite, items_per_domain=args.items_per_domain)
+    else:  # the same call task_accuracy makes for its "original" column: the same score
+        result = suite_accuracy(loaded, None, suite, items_per_domain=args.items_per_domain)
         print(result.format_table())
         report["tasks"] = result.to_dict()
     if args.generation:
-        gen = evaluate.generation_quality(loaded, plan)
+        gen = generation_quality(loaded, plan)
         print("\n" + gen.format_table())
         report["generation"] = gen.to_dict()
     if args.fidelity:
-        heldout = evaluate.build_heldout(evaluate.defaults_for(loaded)["heldout"], loaded.tokenizer,
-                                         evaluate.calibration_exclusion(stats, loaded.tokenizer))
-        result = evaluate.run_fidelity_sweep(loaded, stats, heldout, sweep_ratios, sweep_criteria)
-        for metric in evaluate.METRICS:
+        heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
+                                calibration_exclusion(stats, loaded.tokenizer))
+        result = run_fidelity_sweep(loaded, stats, heldout, sweep_ratios, sweep_criteria)
+        for metric in METRICS:
             print("\n" + result.format_table(metric))
         report["fidelity"] = result.to_dict()
     if args.json:

@@ -14,7 +14,7 @@ none: token=False) and read from there, so a Hub id never reads a same-named fol
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,20 @@ def resolve_model_path(model_id: str, allow_local_paths: bool = True) -> str:
         raise ModelLoadError(f"'{model_id[:100]}' is not a valid Hub model id: use org/name (letters, digits, "
                              f"'-', '_', '.'), or choose the bundled model") from None
     return model_id
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises for a model it cannot read — a missing or unreadable file, a bad
+    config, a Hub refusal (huggingface_hub's errors are OSErrors), a damaged safetensors file.
+    Anything else (a TypeError, a KeyError deep in a modeling file) is a bug and stays a traceback."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, SafetensorError
+
+
+def _out_of_memory(model_id: str, device: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"not enough memory to load '{model_id}' on {device} ({type(exc).__name__}): choose a "
+                          f"smaller model, a GPU with more memory, or calibrate with the CLI on a bigger machine")
 
 
 def _explain_load_failure(model_id: str, exc: Exception, local_paths: bool = True) -> ModelLoadError:
@@ -181,7 +195,7 @@ def _read_config(source: _Source, trust_remote_code: bool, token: Token) -> Any:
             _probe_hub(path, token)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
-    except Exception as exc:  # transformers raises OSError/ValueError/HF errors for the same user mistake
+    except _read_errors() as exc:  # transformers raises OSError/ValueError/HF errors for the same user mistake
         raise _failure(source, exc) from None
 
 
@@ -217,7 +231,8 @@ class LoadedModel:
     adapter: MoEAdapter
     dtype: torch.dtype
     device: str
-    extras: dict = field(default_factory=dict)
+    read_from: str | None = None       # the folder (or, locally, the Hub id) the weights came from
+    processor_error: str | None = None  # why a multimodal model has no processor (image input is off)
 
     @property
     def config(self) -> Any:
@@ -275,7 +290,9 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
         kwargs["device_map"] = "auto"  # accelerate spreads a model larger than one GPU over several
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except Exception as exc:
+    except (MemoryError, torch.OutOfMemoryError) as exc:   # the truth, not "not found on the Hub"
+        raise _out_of_memory(model_id, device, exc) from None
+    except _read_errors() as exc:
         raise _failure(source, exc) from None
     missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
     if missing:
@@ -290,20 +307,21 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
-    except Exception as exc:
+    except _read_errors() as exc:
         raise ModelLoadError(f"'{model_id}': the tokenizer could not be loaded "
                              f"({_scrub_path(source, exc)})") from None
-    processor = None
+    processor, processor_error = None, None
     if getattr(config, "vision_config", None) is not None:
         try:
             from transformers import AutoProcessor
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
-        except Exception:
-            processor = None  # text-only use still works; image chat will say it is unavailable
-    # read_from: the folder (or, locally, the Hub id) the weights came from; in public mode the Hub
-    # cache snapshot, which an export should stream from instead of resolving model_id again.
+        except (*_read_errors(), ImportError) as exc:  # text use still works; the reason is shown with the model
+            processor_error = f"{type(exc).__name__}: {_scrub_path(source, exc).splitlines()[0][:200]}"
+    # read_from: in public mode the Hub cache snapshot, which an export streams from instead of
+    # resolving model_id again on this disk.
     return LoadedModel(model_id=model_id, model=model, tokenizer=tokenizer, processor=processor,
-                       adapter=adapter, dtype=torch_dtype, device=device, extras={"read_from": path})
+                       adapter=adapter, dtype=torch_dtype, device=device, read_from=path,
+                       processor_error=processor_error)
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, model_id: str = "in-memory") -> LoadedModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,8 +90,12 @@ class SessionSignals:
 
 
 class StatsCache:
-    def __init__(self):
-        self._stats: dict[tuple[str, str], ExpertStats] = {}
+    """Statistics per (model, calibration fingerprint), the most recently used `max_entries` kept:
+    a public server's memory must not grow with every visitor's calibration."""
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._stats: OrderedDict[tuple[str, str], ExpertStats] = OrderedDict()
         self._lock = threading.Lock()
 
     def get_or_observe(self, loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
@@ -99,11 +104,17 @@ class StatsCache:
         key = (loaded.model_id, calib.fingerprint())
         with self._lock:
             if key in self._stats:
+                self._stats.move_to_end(key)
                 return self._stats[key], True
         stats = observe(loaded, calib, batch_size=batch_size, progress=progress)
         with self._lock:
             self._stats[key] = stats
+            while len(self._stats) > self.max_entries:
+                self._stats.popitem(last=False)
         return stats, False
+
+    def __len__(self) -> int:
+        return len(self._stats)
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> M
         ("dtype · device", f"{str(loaded.dtype).replace('torch.', '')} · {loaded.device}"),
         ("Memory (weights)", human_bytes(loaded.memory_bytes())),
         ("Checkpoint", f"{fmt} safetensors, {human_bytes(size.bytes)}"),
-    ])
+    ] + ([("Image input", f"off — the processor could not be loaded ({loaded.processor_error})")]
+         if loaded.processor_error else []))
 
 
 def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> str:

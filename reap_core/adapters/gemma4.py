@@ -118,7 +118,8 @@ class Gemma4Adapter(MoEAdapter):
             model.set_experts_implementation(SORTED_IMPLEMENTATION)
 
     def after_slice(self, layer: nn.Module, n_kept: int) -> None:
-        # Forgetting this makes grouped_mm fail and eager silently wrong (DESIGN.md).
+        # The experts module loops over num_experts: left stale, grouped_mm fails on the sliced tensors
+        # and the eager path silently indexes experts that are gone.
         layer.experts.num_experts = n_kept
 
     @contextmanager
