@@ -9,91 +9,12 @@ never the hour of calibration or evaluation before it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
+from .cli_checks import (check_output_dir, check_output_file, check_stats_fit_config, parse_ratios, positive_float,
+                         positive_int)
 from .errors import OutputError, ReapError
-
-
-# --- checks before any work -------------------------------------------------------------------
-
-def _probe_writable(folder: Path, flag: str, target: str) -> None:
-    from .atomic import probe_writable
-
-    try:
-        probe_writable(folder)
-    except OutputError as exc:
-        raise OutputError(f"{flag} '{target}' cannot be written: {exc}") from None
-
-
-def check_output_file(path: str, flag: str) -> Path:
-    """The file `path` names can be written (created, or replaced if it is a file)."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise OutputError(f"{flag} '{path}' is a folder: give a file name")
-    _probe_writable(target.parent, flag, path)
-    if target.exists() and not os.access(target, os.W_OK):
-        raise OutputError(f"{flag} '{path}' exists and is read-only")
-    return target
-
-
-def check_output_dir(path: str, flag: str) -> Path:
-    """The folder `path` names can be written, and writing it destroys nothing that is not ours
-    (reap_core.atomic.check_output_folder); its parent is created if needed."""
-    from .atomic import check_output_folder
-    from .prune import PLAN_FILE
-
-    try:
-        return check_output_folder(path, PLAN_FILE)
-    except OutputError as exc:
-        raise OutputError(f"{flag} {exc}") from None
-
-
-def parse_ratios(text: str, flag: str = "--sweep-ratios") -> list[float]:
-    """'0,0.25,0.5' -> [0.0, 0.25, 0.5]; ReapError naming the first item that is not a ratio in [0, 1)."""
-    ratios = []
-    for item in text.split(","):
-        try:
-            ratio = float(item)
-        except ValueError:
-            raise ReapError(f"{flag}: '{item.strip()}' is not a number (give ratios like 0,0.25,0.5)") from None
-        if not 0.0 <= ratio < 1.0:  # also refuses nan
-            raise ReapError(f"{flag}: {item.strip()} is outside [0, 1) (0 = the original model)")
-        ratios.append(ratio)
-    return ratios
-
-
-def check_stats_fit_config(stats, model: str, trust_remote_code: bool) -> None:
-    """Refuse statistics made with another model from the config alone, before weights are read."""
-    from .adapters import find_adapter
-    from .model import load_config
-
-    config = load_config(model, trust_remote_code=trust_remote_code)
-    adapter = find_adapter(config)
-    stats.check_matches(adapter.moe_layer_indices(config), adapter.num_experts(config), adapter.top_k(config))
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (0 or a negative batch size would be a traceback later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -356,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="builtin",
                    help="builtin | builtin:cat1,cat2 | file.jsonl | file.txt | name[subset](split):N")
     p.add_argument("--out", required=True, help="statistics file to write (.npz)")
-    p.add_argument("--max-tokens", type=_positive_int, default=512,
+    p.add_argument("--max-tokens", type=positive_int, default=512,
                    help="tokens per sample (longer samples are truncated)")
-    p.add_argument("--samples-per-category", type=_positive_int, default=None,
+    p.add_argument("--samples-per-category", type=positive_int, default=None,
                    help="at most this many samples per category")
-    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
 
     def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -379,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
     p.add_argument("--suite", default="auto",
                    help="task suite: auto (toy for the bundled model, gemma4-bench otherwise), toy, gemma4-bench")
-    p.add_argument("--items-per-domain", type=_positive_int, default=40)
+    p.add_argument("--items-per-domain", type=positive_int, default=40)
     p.add_argument("--stats", help="statistics file: evaluate the model pruned with these statistics")
     p.add_argument("--ratio", type=float, help="compression ratio to evaluate (with --stats)")
     p.add_argument("--fidelity", action="store_true", help="sweep ratios x criteria: KL, top-1 agreement, PPL ratio")
@@ -403,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip reloading the export and comparing logits (verification loads the model: "
                         "as much memory as the model itself)")
     p.add_argument("--repo", help="Hub repo id the card's usage examples name (default: the folder name)")
-    p.add_argument("--max-shard-gb", type=_positive_float, default=5.0, help="largest weight shard to write, in GB")
+    p.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="largest weight shard to write, in GB")
     p.add_argument("--dtype", default="auto", help="dtype to load the model in (verification / --in-memory)")
 
     p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",
