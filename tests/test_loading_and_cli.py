@@ -61,12 +61,14 @@ def test_sizes_from_config_alone_match_published_gemma4_prunes():
     assert abs(p20.bytes / 1e9 - 42.7) < 0.2 and orig.bytes == orig.total_params * 2
 
 
-def test_cli_info_and_plan_on_a_config_only_folder():
-    out = run_cli("plan", "--model", GEMMA4_26B_CONFIG_DIR, "--ratio", "0.3")
-    assert out.returncode == 0, out.stderr
-    assert "19.02B" in out.stdout and "90" in out.stdout
-    out = run_cli("info", "--model", GEMMA4_26B_CONFIG_DIR)
-    assert out.returncode == 0 and "25.81B" in out.stdout
+def test_cli_info_and_plan_on_a_config_only_folder(capsys):
+    from reap_core.cli import main
+
+    assert main(["plan", "--model", str(GEMMA4_26B_CONFIG_DIR), "--ratio", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "19.02B" in out and "90" in out
+    assert main(["info", "--model", str(GEMMA4_26B_CONFIG_DIR)]) == 0
+    assert "25.81B" in capsys.readouterr().out
 
 
 def test_cli_calibrate_then_prune(tiny_dir, calib_file, tmp_path):
@@ -92,13 +94,14 @@ def test_cli_calibrate_then_prune(tiny_dir, calib_file, tmp_path):
     (["calibrate", "--model", "{tiny}", "--calibration", "/no/file.jsonl", "--out", "/tmp/x.npz"], "not found"),
     (["prune", "--model", "{tiny}", "--stats", "/no/stats.npz", "--ratio", "0.5", "--out", "/tmp/o"], "not found"),
 ])
-def test_cli_errors_are_one_clear_line(args, message, tiny_dir):
+def test_cli_errors_are_one_clear_line(args, message, tiny_dir, capsys):
+    """In-process (main() as `python -m reap_core` runs it; a subprocess per case costs ~8 s of imports):
+    a traceback would escape main() and fail the test."""
     args = [a.replace("{fixture}", str(GEMMA4_26B_CONFIG_DIR)).replace("{tiny}", str(tiny_dir)) for a in args]
-    out = run_cli(*args)
-    assert out.returncode == 2
-    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], out.stderr
-    assert "Traceback" not in out.stderr
+    status, errors, err = run_main(capsys, *args)
+    assert status == 2
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err
 
 
 def test_cli_eval_on_the_bundled_model(tmp_path):
