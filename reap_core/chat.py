@@ -1,8 +1,11 @@
 """Chat with one model object as several variants at once (original, pruned, ...), streaming.
 
-Each variant generates in its own thread inside its own `masked_view`, so the panes share one
-copy of the weights and never see each other's mask. New tokens from all threads arrive on
-one queue; the caller gets the full decoded text of every variant after each token.
+All variants generate in ONE batched `generate` call: row i of the batch is conversation i,
+left padded, under plans[i] by a per-row router mask (`masking.masked_rows`). The panes share
+one copy of the weights, never see each other's mask, and cost about one generation, not one
+each (benchmarks/app_latency.py (c)). Greedy rows equal each variant generated alone, token for
+token. The generation runs in one worker thread; its new tokens arrive on a queue and the caller
+gets the full decoded text of every variant after each step.
 
 The prompt is tokenised by `chat_format` (typed control tokens stay text) and can be capped in
 tokens (`max_prompt_tokens`) and, before any tokenising, in characters (`check_prompt_length`),
@@ -26,7 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .chat_format import encode_chat, encode_chat_with_images
 from .errors import ReapError
-from .masking import masked_view
+from .masking import masked_rows
 from .model import LoadedModel
 from .plan import PruningPlan
 
@@ -93,20 +96,54 @@ def build_inputs(loaded: LoadedModel, history: list[dict], image: Any = None, th
 
 
 class _QueueStreamer(BaseStreamer):
-    """Sends each new token id of one variant to a shared queue as (variant, token_id)."""
+    """Sends each step's new token ids of a batch ([B]) to a queue. generate() first sends the prompt;
+    a finished row keeps receiving padding, so each row stops at its own first end token."""
 
-    def __init__(self, variant: int, out: queue.Queue):
-        self.variant, self.out, self.prompt_seen = variant, out, False
+    def __init__(self, out: queue.Queue, end_ids: set[int]):
+        self.out, self.end_ids, self.prompt_seen, self.done = out, end_ids, False, None
 
     def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first sends the prompt
+        if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for token in value.reshape(-1).tolist():
-            self.out.put((self.variant, token))
+        step = value.reshape(-1).tolist()
+        if self.done is None:
+            self.done = [False] * len(step)
+        new = []
+        for row, token in enumerate(step):
+            if self.done[row]:
+                continue
+            new.append((row, token))
+            self.done[row] = token in self.end_ids
+        self.out.put(new)
 
     def end(self) -> None:
-        self.out.put((self.variant, None))
+        self.out.put(None)
+
+
+def left_pad_batch(encodings: list[dict], pad_id: int) -> dict:
+    """One batch from single-row encodings: per-token tensors ([1, T]: ids, attention mask, token
+    types) left padded to the longest (ids with pad_id, the rest with 0); anything else (pixel
+    values of the images) concatenated along its first axis."""
+    lengths = [e["input_ids"].shape[-1] for e in encodings]
+    longest = max(lengths)
+    batch = {}
+    for key in encodings[0]:
+        parts = []
+        for enc, n in zip(encodings, lengths):
+            t = enc[key]
+            if t.dim() >= 2 and t.shape[0] == 1 and t.shape[1] == n:
+                fill = pad_id if key == "input_ids" else 0
+                t = torch.cat([t.new_full((1, longest - n, *t.shape[2:]), fill), t], dim=1)
+            parts.append(t)
+        batch[key] = torch.cat(parts, dim=0)
+    return batch
+
+
+def end_token_ids(loaded: LoadedModel) -> set[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    return ids or ({loaded.tokenizer.eos_token_id} - {None})
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -121,55 +158,57 @@ def stream_variants(loaded: LoadedModel, conversations: list[list[dict]], plans:
                     settings: GenerationSettings = GenerationSettings(), image: Any = None,
                     stop: threading.Event | None = None, *,
                     max_prompt_tokens: int | None = None) -> Iterator[list[str]]:
-    """Variant i continues conversations[i] under plans[i] (None = original). Yields the raw
-    decoded text of every variant after each new token, until all are done. A conversation over
-    `max_prompt_tokens` raises PromptTooLong before any generation starts.
+    """Variant i continues conversations[i] under plans[i] (None = original), all in one batch.
+    Yields the raw decoded text of every variant after each generation step, until all are done. A
+    conversation over `max_prompt_tokens` raises PromptTooLong before any generation starts.
 
-    Closing the iterator early (a UI's stop button) stops every generation thread.
+    Closing the iterator early (a UI's stop button) stops the generation.
     """
     if len(conversations) != len(plans):
         raise ValueError("one conversation per variant")
-    inputs = [build_inputs(loaded, c, image=image, thinking=settings.thinking, max_prompt_tokens=max_prompt_tokens)
-              for c in conversations]
+    encodings = [build_inputs(loaded, c, image=image, thinking=settings.thinking, max_prompt_tokens=max_prompt_tokens)
+                 for c in conversations]                       # refuses a long conversation before any work
+    end_ids = end_token_ids(loaded)
+    pad_id = loaded.tokenizer.pad_token_id
+    pad_id = min(end_ids) if pad_id is None else pad_id
+    batch = left_pad_batch(encodings, pad_id)
     stop = stop or threading.Event()
-    tokens: queue.Queue = queue.Queue()
+    steps: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens,
-                                      stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-                                      pad_token_id=loaded.tokenizer.pad_token_id)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
+                                      eos_token_id=sorted(end_ids),
+                                      stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
     if settings.temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    streamer = _QueueStreamer(steps, end_ids)
 
-    def worker(variant: int, plan: PruningPlan | None) -> None:
-        streamer = _QueueStreamer(variant, tokens)
+    def worker() -> None:
         try:
-            with torch.inference_mode(), masked_view(loaded, plan):
-                loaded.model.generate(**inputs[variant], streamer=streamer, **gen_kwargs)
+            with torch.inference_mode(), masked_rows(loaded, plans):
+                loaded.model.generate(**batch, streamer=streamer, **gen_kwargs)
         except BaseException as exc:  # surfaced to the caller below
             errors.append(exc)
             streamer.end()
 
-    threads = [threading.Thread(target=worker, args=(i, p), daemon=True) for i, p in enumerate(plans)]
-    for t in threads:
-        t.start()
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
     ids: list[list[int]] = [[] for _ in plans]
-    running = len(plans)
+    texts = lambda: [loaded.tokenizer.decode(i, skip_special_tokens=False) for i in ids]  # noqa: E731
+    unsent, sent_any = False, False
     try:
-        while running:
-            variant, token = tokens.get()
-            if token is None:
-                running -= 1
-            else:
-                ids[variant].append(token)
-            if errors:
-                raise errors[0]
-            if token is not None and not tokens.empty():
-                continue  # batch up queued tokens: fewer UI updates, same result
-            yield [loaded.tokenizer.decode(i, skip_special_tokens=False) for i in ids]
+        while (step := steps.get()) is not None:
+            for row, token in step:
+                ids[row].append(token)
+            unsent = True
+            if steps.empty():  # else batch up queued steps: fewer UI updates, same result
+                yield texts()
+                unsent, sent_any = False, True
+        if errors:
+            raise errors[0]
+        if unsent or not sent_any:
+            yield texts()
     finally:
         stop.set()
-        for t in threads:
-            t.join(timeout=30)
-
+        thread.join(timeout=30)

@@ -5,10 +5,11 @@ criteria. What leaves: a `FidelityResult` — per (criterion, ratio): mean KL(or
 top-1 agreement and the perplexity ratio — which the app draws (viz.fidelity_figure) and caches.
 
 Everything runs through masked views of ONE loaded model (no reloads, no copies), in the calling
-thread (the mask lives in the caller's context, see masking.py). One calibration serves every
-criterion and ratio. Batches are the OUTER loop and plans the inner one: the original's log-probs
-of a batch are computed once and kept while every plan runs on that batch, so each sweep point
-costs one forward over the held-out set.
+thread (the masks live in the caller's context, see masking.py). One calibration serves every
+criterion and ratio. Held-out sequences are the OUTER loop and plans the inner one, several plans
+per forward (one batch row per plan, per-row masks): the original's log-probs of a sequence are
+computed once, in the same forward as the first plans, so each sweep point costs one pass over
+the held-out set and no padding is wasted when many plans share a sequence.
 
 Definitions (shown in the UI and the card):
   KL         mean over scored tokens of sum_v p_orig(v) (log p_orig(v) - log p_pruned(v)), in nats.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from .errors import InvalidPlan
 from .greedy import Progress
 from .heldout import HeldOut
-from .masking import masked_view
+from .masking import masked_rows
 from .model import LoadedModel
 from .plan import PruningPlan, experts_to_prune, make_plan
 from .saliency import get_criterion
@@ -109,51 +110,53 @@ def measure_fidelity(loaded: LoadedModel, heldout: HeldOut, plans: Sequence[Prun
                      batch_size: int = 8, progress: Progress | None = None) -> tuple[list[dict], dict]:
     """Metrics of each plan (None = the original) against the original on the held-out set.
 
-    Returns ([{kl, top1, ppl_ratio, nll} per plan], info). Plans that keep the same experts are
-    computed once. progress(done, total) counts forward passes.
-    """
+    Several plans share each forward: its rows are (held-out sequence, plan) pairs under per-row
+    masks (masking.masked_rows), at most `batch_size` rows, the original's row first; with many
+    plans a forward holds one sequence under `batch_size` plans, so its rows need no padding.
+    Plans that keep the same experts are computed once. progress(done, total) counts forwards.
+
+    Returns ([{kl, top1, ppl_ratio, nll} per plan], info)."""
     unique = list(dict.fromkeys(_plan_key(p) for p in plans if p is not None))
     by_key = {_plan_key(p): p for p in plans if p is not None}
-    sums = {k: _Sums() for k in unique}
-    ref_nll, ref_tokens = 0.0, 0
+    variants: list[PruningPlan | None] = [None] + [by_key[k] for k in unique]   # 0 = the original
+    sums = [_Sums() for _ in variants]
     pad = loaded.tokenizer.pad_token_id or 0
-    n_batches = math.ceil(len(heldout.token_ids) / batch_size)
-    total, done = n_batches * (1 + len(unique)), 0
-    t_ref = t_plans = c_ref = c_plans = 0.0   # wall and process-CPU seconds (CPU: robust to other jobs)
-    for ids, attn, keep, targets, score in heldout_batches(heldout, batch_size, pad):
-        t0, c0 = time.perf_counter(), time.process_time()
-        with masked_view(loaded, None):
-            ref = _log_probs(loaded, ids, attn, keep, score)
-        t_ref, c_ref = t_ref + time.perf_counter() - t0, c_ref + time.process_time() - c0
-        ref_nll += float(-ref.gather(1, targets[:, None].to(ref.device)).sum())
-        ref_tokens += targets.numel()
-        done += 1
-        if progress:
-            progress(done, total)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for key in unique:
-            with masked_view(loaded, by_key[key]):
-                test = _log_probs(loaded, ids, attn, keep, score)
-            c = compare_log_probs(ref, test, targets)
-            s = sums[key]
-            s.kl, s.agree, s.nll, s.tokens = s.kl + c["kl"], s.agree + c["agree"], s.nll + c["nll_test"], s.tokens + c["tokens"]
+    seqs_per_forward = max(1, batch_size // len(variants))
+    batches = list(heldout_batches(heldout, seqs_per_forward, pad))
+    groups = [math.ceil(len(variants) / max(1, batch_size // len(b[0]))) for b in batches]
+    total, done = sum(groups), 0
+    t0, c0 = time.perf_counter(), time.process_time()   # wall and process-CPU seconds (CPU: robust to other jobs)
+    for (ids, attn, keep, targets, score), n_groups in zip(batches, groups):
+        B, P = ids.shape[0], targets.numel()
+        per_forward = math.ceil(len(variants) / n_groups)
+        ref = None
+        for g in range(0, len(variants), per_forward):
+            chunk = list(range(g, min(g + per_forward, len(variants))))
+            with masked_rows(loaded, [variants[v] for v in chunk for _ in range(B)]):
+                out = _log_probs(loaded, ids.repeat(len(chunk), 1), attn.repeat(len(chunk), 1), keep,
+                                 score.repeat(len(chunk), 1))                   # [len(chunk) * P, V]
+            for v, test in zip(chunk, out.split(P)):
+                ref = test if v == 0 else ref
+                c = compare_log_probs(ref, test, targets)
+                s = sums[v]
+                s.kl, s.agree, s.nll, s.tokens = s.kl + c["kl"], s.agree + c["agree"], s.nll + c["nll_test"], s.tokens + c["tokens"]
             done += 1
             if progress:
                 progress(done, total)
-        t_plans, c_plans = t_plans + time.perf_counter() - t0, c_plans + time.process_time() - c0
-    n = max(ref_tokens, 1)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    n = max(sums[0].tokens, 1)
+    ref_nll = sums[0].nll
     original = dict(kl=0.0, top1=1.0, ppl_ratio=1.0, nll=ref_nll / n)
     results = []
     for p in plans:
         if p is None:
             results.append(dict(original))
             continue
-        s = sums[_plan_key(p)]
+        s = sums[1 + unique.index(_plan_key(p))]
         results.append(dict(kl=s.kl / n, top1=s.agree / n, ppl_ratio=math.exp((s.nll - ref_nll) / n), nll=s.nll / n))
-    info = dict(scored_tokens=ref_tokens, original_nll=ref_nll / n, original_ppl=math.exp(ref_nll / n),
-                batches=n_batches, plan_forwards=n_batches * len(unique), reference_forwards=n_batches,
-                reference_seconds=t_ref, plan_seconds=t_plans, reference_cpu_seconds=c_ref, plan_cpu_seconds=c_plans,
-                unique_plans=len(unique))
+    info = dict(scored_tokens=sums[0].tokens, original_nll=ref_nll / n, original_ppl=math.exp(ref_nll / n),
+                forwards=total, sequence_passes=len(heldout.token_ids) * len(variants), unique_plans=len(unique),
+                seconds_measuring=seconds, cpu_seconds_measuring=cpu_seconds)
     return results, info
 
 

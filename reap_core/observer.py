@@ -44,23 +44,27 @@ class _Accumulator:
 
     def record(self, layer: int, expert_ids: torch.Tensor, token_index: torch.Tensor, gates: torch.Tensor,
                out_norm: torch.Tensor, out_absmax: torch.Tensor) -> None:
-        """All [S]: the routed pairs of one MoE layer, ||f_j(x)|| and max |f_j(x)| of each."""
+        """All [S]: the routed pairs of one MoE layer, ||f_j(x)|| and max |f_j(x)| of each.
+
+        Padding pairs are zeroed (torch.where, so even a non-finite padding output counts 0), never
+        dropped by boolean indexing: no device-to-host sync, so a GPU forward never waits on the recorder."""
         row = self.rows[layer]
         dev = self.valid.device
-        expert_ids, token_index = expert_ids.to(dev), token_index.to(dev)
-        keep = self.valid[token_index]
-        e, t = expert_ids[keep], token_index[keep]
-        norm = out_norm.to(dev)[keep].to(torch.float64)                # ||f_j(x)||
-        act = out_absmax.to(dev)[keep].to(torch.float64)               # max |f_j(x)|
-        gate = gates.to(dev)[keep].abs().to(torch.float64)
+        e, t = expert_ids.to(dev), token_index.to(dev)
+        valid = self.valid[t]
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        only_valid = lambda x: torch.where(valid, x.to(dev).to(torch.float64), zero)  # noqa: E731
+        norm, act = only_valid(out_norm), only_valid(out_absmax)       # ||f_j(x)||, max |f_j(x)|
+        gate = only_valid(gates.abs())
         bucket = self.category[t] * self.E + e                         # [C*E] slot of each pair
-        self.sums["count"][row].index_add_(0, bucket, torch.ones_like(norm))
+        self.sums["count"][row].index_add_(0, bucket, valid.to(torch.float64))
         self.sums["gate_sum"][row].index_add_(0, bucket, gate)
         self.sums["norm_sum"][row].index_add_(0, bucket, norm)
         self.sums["gated_norm_sum"][row].index_add_(0, bucket, gate * norm)
-        self.maxes["norm_max"][row].scatter_reduce_(0, bucket, norm, reduce="amax")
+        self.maxes["norm_max"][row].scatter_reduce_(0, bucket, norm, reduce="amax")   # zeros never win: all >= 0
         self.maxes["act_max"][row].scatter_reduce_(0, bucket, act, reduce="amax")
-        self._keep_top_tokens(row, e, t, (gate * norm).float())
+        score = torch.where(valid, (gate * norm).float(), torch.tensor(-math.inf, device=dev))
+        self._keep_top_tokens(row, e, t, score)
 
     def _keep_top_tokens(self, row: int, e: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> None:
         n_flat = self.valid.numel()

@@ -8,11 +8,9 @@ exactly the weight the experts' outputs are combined with. That weight is our RE
 Experts are fused 3-D tensors (gate_up_proj [E, 2I, H], down_proj [E, H, I]) and the module
 returns only the weighted sum, so no hook can see one expert's output. The observer therefore
 replaces the experts' forward, inside an `observing` block and for the observing thread only,
-with a routed-only per-expert loop that reduces each (token, expert) output before weighting to
-its norm and max |value|, and combines the outputs as the model does (equal to ~1e-6).
-Rejected: running all E experts on every token (the reference implementation: ~(1 + E/K)x the
-MoE cost and an E*T*H buffer), `batched_mm` (copies one weight matrix per routed pair: out of
-memory), and keeping all [S, H] outputs for one grouped_mm call (on CPU slower than the loop).
+with a routed-only kernel (kernels.py: a per-expert loop on CPU, grouped matmuls on GPU) that
+reduces each (token, expert) output before weighting to its norm and max |value|, and combines
+the outputs as the model does (equal to ~1e-6).
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from .base import MoEAdapter, MoELayout, register_adapter
+from .kernels import KERNELS, loop_experts_forward, observer_kernel_name
 
 SORTED_IMPLEMENTATION = "reap_sorted"
 
@@ -58,43 +57,6 @@ _OBSERVERS: ContextVar[dict[nn.Module, tuple[int, Callable[..., None]]] | None] 
     "reap_gemma4_observers", default=None)
 
 
-def routed_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                           top_k_weights: torch.Tensor, layer: int = -1,
-                           record: Callable[..., None] | None = None) -> torch.Tensor:
-    """The experts' forward on routed pairs only; with `record`, one call per layer with
-    record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S]).
-
-    Only the per-pair reductions leave the loop (never an [S, H] buffer), and each expert's
-    tokens are gathered, computed and combined while they are in cache. Registered as the
-    experts implementation "reap_sorted" (ExpertsInterface signature)."""
-    num_top_k = top_k_index.size(-1)                              # K
-    expert_ids_g, perm = torch.sort(top_k_index.reshape(-1))        # [S] pairs grouped by expert
-    token_index_g = perm // num_top_k                               # [S] token of each pair
-    gates_g = top_k_weights.reshape(-1)[perm]                       # [S] combine weight of each pair
-    counts = torch.bincount(expert_ids_g, minlength=experts.num_experts).tolist()
-    combined = torch.zeros_like(hidden_states, dtype=experts.down_proj.dtype)
-    if record is not None:
-        norms = hidden_states.new_empty(expert_ids_g.shape, dtype=torch.float32)
-        absmax = torch.empty_like(norms)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        end = start + n
-        tokens = token_index_g[start:end]
-        h = experts._apply_gate(hidden_states[tokens] @ experts.gate_up_proj[e].T)   # [n, I]
-        f = h @ experts.down_proj[e].T                                                # [n, H] = f_e(x)
-        if record is not None:
-            f32 = f.float()
-            norms[start:end] = f32.norm(dim=-1)
-            absmax[start:end] = f32.abs().amax(dim=-1)
-        combined.index_add_(0, tokens, f * gates_g[start:end, None].to(f.dtype))
-        start = end
-    if record is not None:
-        record(layer, expert_ids_g, token_index_g, gates_g, norms, absmax)
-    return combined.to(hidden_states.dtype)
-
-
 def _dispatching_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                          top_k_weights: torch.Tensor) -> torch.Tensor:
     observers = _OBSERVERS.get()
@@ -102,10 +64,11 @@ def _dispatching_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_ind
     if entry is None:  # not observed in this thread: the model's own implementation, untouched
         return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
     layer, record = entry
-    return routed_experts_forward(self, hidden_states, top_k_index, top_k_weights, layer, record)
+    kernel = KERNELS[observer_kernel_name(self.down_proj.device, self.down_proj.dtype)]
+    return kernel(self, hidden_states, top_k_index, top_k_weights, layer, record)
 
 
-ALL_EXPERTS_FUNCTIONS.register(SORTED_IMPLEMENTATION, routed_experts_forward)
+ALL_EXPERTS_FUNCTIONS.register(SORTED_IMPLEMENTATION, loop_experts_forward)
 
 
 class Gemma4Adapter(MoEAdapter):
