@@ -8,8 +8,9 @@ are noisy; conditions are printed beside every figure).
                  synthetic statistics of 30 layers × 128 experts (Gemma 4 26B-A4B shape, real
                  config-only parameter counts), median of N calls, plus Gradio's Plot
                  serialisation of the figure it returns, and the parts of the handler. goal ≤ 100 ms
-  (c) chat       tokens/s of each pane when both stream at once ([None, plan]) vs the original
-                 alone ([None]), bundled model, greedy, 64 new tokens; median of N runs.
+  (c) chat       benchmarks/chat_throughput.py on the bundled model: combined tokens/s of one pane
+                 alone, both panes as two separate generations, both in one batched generate;
+                 greedy, 64 new tokens per pane; median of N runs.
 
     python benchmarks/app_latency.py                 # all three
     python benchmarks/app_latency.py --only b --calls 40
@@ -32,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 GEMMA4_26B_CONFIG_DIR = ROOT / "tests" / "fixtures" / "gemma-4-26b-a4b-config"
 
 
@@ -183,50 +185,10 @@ def bench_view(calls: int) -> None:
 
 # --- (c) chat throughput ----------------------------------------------------------------------
 
-class _CountingTokenizer:
-    """Forwards everything to the real tokenizer; records the id count stream_variants decodes."""
-
-    def __init__(self, inner):
-        self._inner = inner
-        self.lengths: list[int] = []
-
-    def decode(self, ids, *args, **kwargs):
-        self.lengths.append(len(ids))
-        return self._inner.decode(ids, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-def run_chat(loaded, plans, settings, history):
-    """Per pane: (new tokens, seconds to its last token, seconds to its first token)."""
-    import dataclasses
-
-    from reap_core.chat import stream_variants
-
-    tok = _CountingTokenizer(loaded.tokenizer)
-    view = dataclasses.replace(loaded, tokenizer=tok)
-    n = len(plans)
-    first = [None] * n
-    last = [0.0] * n
-    counts = [0] * n
-    t0 = time.perf_counter()
-    for _ in stream_variants(view, [history] * n, plans, settings):
-        now = time.perf_counter() - t0
-        current = tok.lengths[-n:]
-        for i, c in enumerate(current):
-            if c > counts[i]:
-                counts[i], last[i] = c, now
-                if first[i] is None:
-                    first[i] = now
-    return [(counts[i], last[i], first[i] or 0.0) for i in range(n)]
-
-
 def bench_chat(runs: int, tokens: int) -> None:
-    import torch
-
+    """benchmarks/chat_throughput.py on the bundled model (the pruned pane: REAP at ratio 0.5)."""
+    import chat_throughput
     from reap_core.calibration import build_calibration
-    from reap_core.chat import GenerationSettings
     from reap_core.model import BUNDLED_MODEL, load_model
     from reap_core.observer import observe
     from reap_core.plan import make_plan
@@ -234,36 +196,9 @@ def bench_chat(runs: int, tokens: int) -> None:
     loaded = load_model(BUNDLED_MODEL)
     calib = build_calibration("builtin:toy-math,toy-code", loaded.tokenizer, max_tokens=64, samples_per_category=2)
     plan = make_plan(observe(loaded, calib), 0.5, "reap")
-    settings = GenerationSettings(max_new_tokens=tokens, temperature=0.0)
-    history = [{"role": "user", "content": "Eva has 72 balloons and gets 35 more. How many balloons does she have?"}]
-    print(f"\n(c) chat: tokens/s per pane, bundled model ({BUNDLED_MODEL}, {loaded.dtype}, {loaded.device}), greedy, "
-          f"max {tokens} new tokens, pruned pane = REAP at ratio 0.5 ({plan.num_kept}/{plan.num_experts} experts)")
-    print(f"    conditions: {conditions()}; torch intra-op threads per generate = {torch.get_num_threads()} "
-          f"(both panes' threads share them); median of {runs} runs after a warm-up, configurations interleaved")
-    configs = {"original alone [None]": [None], "both at once [None, plan]": [None, plan],
-               "pruned alone [plan]": [plan]}
-    for plans in configs.values():
-        run_chat(loaded, plans, settings, history)  # warm-up
-    results: dict[str, list] = {k: [] for k in configs}
-    for _ in range(runs):
-        for name, plans in configs.items():
-            results[name].append(run_chat(loaded, plans, settings, history))
-    alone_rate = None
-    for name, rs in results.items():
-        panes = len(rs[0])
-        for p in range(panes):
-            n_tok = statistics.median(r[p][0] for r in rs)
-            rate = statistics.median(r[p][0] / r[p][1] for r in rs if r[p][1] > 0)
-            ttft = statistics.median(r[p][2] for r in rs)
-            pane = ("original", "pruned")[p] if panes == 2 else ("pruned" if "pruned" in name else "original")
-            if name.startswith("original alone"):
-                alone_rate = rate
-            rel = f"  ({rate / alone_rate:.2f}× original alone)" if alone_rate and not name.startswith("original alone") else ""
-            print(f"    {name:26s} pane {pane:8s}: {rate:6.1f} tokens/s over {n_tok:.0f} tokens, "
-                  f"first token after {ttft * 1e3:5.0f} ms{rel}")
-    both = results["both at once [None, plan]"]
-    agg = statistics.median((r[0][0] + r[1][0]) / max(r[0][1], r[1][1]) for r in both)
-    print(f"    both at once, combined: {agg:.1f} tokens/s ({agg / alone_rate:.2f}× one pane alone)")
+    print(f"\n(c) chat: bundled model ({BUNDLED_MODEL}, {loaded.dtype}, {loaded.device}), pruned pane = REAP at 0.5")
+    print(f"    conditions: {conditions()}")
+    chat_throughput.measure(loaded, plan, tokens, runs)
 
 
 def main() -> None:

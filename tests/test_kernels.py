@@ -33,7 +33,7 @@ def by_hand(experts, x, idx, w):
     return out, pairs
 
 
-@pytest.mark.parametrize("tokens", [3, 40])          # 9 pairs: the gathered path; 120 pairs: the loop
+@pytest.mark.parametrize("tokens", [3, 40])          # loop: 9 pairs hand over to grouped; 120 loop
 @pytest.mark.parametrize("kernel", ["loop", "grouped_small_chunks", "grouped"])
 def test_kernel_output_and_records_equal_the_hand_computation(experts, tokens, kernel):
     gen = torch.Generator().manual_seed(tokens)

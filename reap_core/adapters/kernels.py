@@ -10,9 +10,10 @@ serves every family whose experts module transformers fuses.
 
 Two kernels, chosen per device by measurement (benchmarks/observer_overhead.py, gpu_check.sh):
   loop     pairs sorted by expert once, then one matmul pair per expert that has tokens: the
-           fastest on CPU (torch's CPU grouped_mm is 1.3-1.5x slower); one host sync per layer for
-           the per-expert counts. Below LOOP_MIN_PAIRS pairs (decoding: one token per row) it
-           gathers the routed experts' weights instead of looping — fewer, larger ops.
+           fastest on CPU for calibration-sized inputs (torch's CPU grouped_mm is 1.3-1.5x slower
+           there); one host sync per layer for the per-expert counts. Below LOOP_MIN_PAIRS pairs
+           (decoding: one token per batch row) it hands over to `grouped`, whose op count does not
+           grow with the number of experts hit — a batch of two chat panes then costs about one.
   grouped  pairs sorted by expert, then torch's grouped matmul over all experts at once (what
            transformers' default `grouped_mm` runs on GPUs), in chunks of pairs that bound the
            transient [pairs, H] buffer; no host sync at all: for GPUs.
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Record = Callable[..., None]
-LOOP_MIN_PAIRS = 64                     # fewer routed pairs than this: gather weights (decode steps)
+LOOP_MIN_PAIRS = 64                     # fewer routed pairs than this (decode steps): the grouped kernel
 GROUPED_CHUNK_BYTES = 512 * 2 ** 20     # transient activations per chunk of pairs in the grouped kernel
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
@@ -53,25 +54,27 @@ def _activate(experts: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 def _sorted_pairs(top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-    """(expert_ids [S], token_index [S], gates [S]) of the routed pairs, grouped by expert."""
+    """(expert_ids [S], token_index [S], gates [S], perm [S]) of the routed pairs, grouped by expert;
+    perm[i] = the flat [T*K] position of sorted pair i."""
     K = top_k_index.size(-1)
     expert_ids, perm = torch.sort(top_k_index.reshape(-1))
-    return expert_ids, perm // K, top_k_weights.reshape(-1)[perm]
+    return expert_ids, perm // K, top_k_weights.reshape(-1)[perm], perm
 
 
 def _reductions(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    f32 = f.float()
-    return f32.norm(dim=-1), f32.abs().amax(dim=-1)
+    """(||f||_2, max |f|) per row, in float32, without a float32 or abs() copy of f."""
+    low, high = torch.aminmax(f, dim=-1)
+    return torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32), torch.maximum(high, -low).float()
 
 
 def loop_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                          top_k_weights: torch.Tensor, layer: int = -1, record: Record | None = None) -> torch.Tensor:
     """Per-expert loop over the sorted pairs; each expert's tokens gathered, computed and combined
     while they are in cache, only the per-pair reductions kept (never an [S, H] buffer)."""
+    if top_k_index.numel() < LOOP_MIN_PAIRS and _grouped_mm is not None:
+        return grouped_experts_forward(experts, hidden_states, top_k_index, top_k_weights, layer, record)
     up, up_bias, down, down_bias = _weights(experts)
-    expert_ids, token_index, gates = _sorted_pairs(top_k_index, top_k_weights)
-    if expert_ids.numel() < LOOP_MIN_PAIRS:
-        return _gathered_forward(experts, hidden_states, expert_ids, token_index, gates, layer, record)
+    expert_ids, token_index, gates, _ = _sorted_pairs(top_k_index, top_k_weights)
     counts = torch.bincount(expert_ids, minlength=up.shape[0]).tolist()
     combined = torch.zeros_like(hidden_states, dtype=down.dtype)
     if record is not None:
@@ -94,49 +97,33 @@ def loop_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_
     return combined.to(hidden_states.dtype)
 
 
-def _gathered_forward(experts, hidden_states, expert_ids, token_index, gates, layer, record) -> torch.Tensor:
-    """Few pairs: gather each pair's expert weights ([S, out, in], small when S is) and run one
-    batched matmul per projection — no per-expert loop, no host sync."""
-    up, up_bias, down, down_bias = _weights(experts)
-    x = hidden_states[token_index]
-    h = torch.bmm(up[expert_ids], x.unsqueeze(-1)).squeeze(-1)
-    if up_bias is not None:
-        h = h + up_bias[expert_ids]
-    f = torch.bmm(down[expert_ids], _activate(experts, h).unsqueeze(-1)).squeeze(-1)   # [S, H]
-    if down_bias is not None:
-        f = f + down_bias[expert_ids]
-    if record is not None:
-        record(layer, expert_ids, token_index, gates, *_reductions(f))
-    combined = torch.zeros_like(hidden_states, dtype=f.dtype)
-    combined.index_add_(0, token_index, f * gates[:, None].to(f.dtype))
-    return combined.to(hidden_states.dtype)
-
-
 def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                             top_k_weights: torch.Tensor, layer: int = -1, record: Record | None = None,
                             chunk_bytes: int = GROUPED_CHUNK_BYTES) -> torch.Tensor:
     """torch's grouped matmul over the sorted pairs, chunk by chunk; no host sync.
 
     A chunk [a, b) of the sorted pairs is still grouped by expert: its group ends are the global
-    ends clamped to [a, b] and shifted by a, computed on the device. Combining adds into a float32
-    buffer (as transformers' grouped_mm sums in float32)."""
+    ends clamped to [a, b] and shifted by a, computed on the device. The weighted outputs go back
+    to their [T, K] slots and are summed over K in float32, as transformers' grouped_mm does (the
+    same numbers as the plain forward, deterministic, no atomics)."""
     up, up_bias, down, down_bias = _weights(experts)
-    E, S = up.shape[0], top_k_index.numel()
-    expert_ids, token_index, gates = _sorted_pairs(top_k_index, top_k_weights)
+    E, (T, K), H = up.shape[0], top_k_index.shape, hidden_states.shape[-1]
+    S = T * K
+    expert_ids, token_index, gates, perm = _sorted_pairs(top_k_index, top_k_weights)
     counts = torch.zeros(E, dtype=torch.int64, device=expert_ids.device)
     counts.index_add_(0, expert_ids, torch.ones_like(expert_ids))
     ends = counts.cumsum(0)                                                     # [E] on the device
-    per_pair = (up.shape[1] + down.shape[1] + up.shape[2]) * hidden_states.element_size() + 8
+    per_pair = (up.shape[1] + down.shape[2]) * hidden_states.element_size() + 8 * H
     chunk = max(1, chunk_bytes // per_pair)
-    combined = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
+    weighted = torch.empty(S, H, dtype=torch.float32, device=hidden_states.device)   # [T*K, H], original order
     if record is not None:
         norms = torch.empty(S, dtype=torch.float32, device=hidden_states.device)
         absmax = torch.empty_like(norms)
     for a in range(0, S, chunk):
         b = min(a + chunk, S)
         offs = (ends.clamp(a, b) - a).to(torch.int32)
-        tokens, e = token_index[a:b], expert_ids[a:b]
-        h = _grouped_mm(hidden_states[tokens].to(up.dtype), up.transpose(1, 2), offs=offs)
+        e = expert_ids[a:b]
+        h = _grouped_mm(hidden_states[token_index[a:b]].to(up.dtype), up.transpose(1, 2), offs=offs)
         if up_bias is not None:
             h = h + up_bias[e]
         f = _grouped_mm(_activate(experts, h).to(down.dtype), down.transpose(1, 2), offs=offs)   # [b-a, H]
@@ -144,10 +131,10 @@ def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top
             f = f + down_bias[e]
         if record is not None:
             norms[a:b], absmax[a:b] = _reductions(f)
-        combined.index_add_(0, tokens, f.float() * gates[a:b, None].float())
+        weighted[perm[a:b]] = f * gates[a:b, None]
     if record is not None:
         record(layer, expert_ids, token_index, gates, norms, absmax)
-    return combined.to(hidden_states.dtype)
+    return weighted.view(T, K, H).sum(dim=1).to(hidden_states.dtype)
 
 
 KERNELS = {"loop": loop_experts_forward, "grouped": grouped_experts_forward}
