@@ -14,32 +14,36 @@ import html
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
-from reap_core import toy_tasks
 from reap_core.calibration import (LOCAL_LIMITS, PUBLIC_LIMITS, TOY_PREFIX, CalibrationLimits, build_calibration,
                                    builtin_categories)
-from reap_core.chat import GenerationSettings, check_prompt_length, split_reasoning, stream_variants
-from reap_core.errors import Cancelled, ReapError
-from reap_core.eval_defaults import defaults_for
-from reap_core.fidelity import DEFAULT_CRITERIA, METRICS, FidelityCache, feasible_ratios
-from reap_core.generation_quality import generation_quality
-from reap_core.heldout import build_heldout, calibration_exclusion
 from reap_core.card import card_eval_results
-from reap_core.task_eval import task_accuracy
-from reap_core.viz import fidelity_figure  # (evaluate.py split; can join the viz import below)
-from reap_core.export import export_pruned
+from reap_core.chat import GenerationSettings, check_prompt_length, split_reasoning, stream_variants
+from reap_core.demo import (EXAMPLES, KNOWS, load_pack, pack_for, precomputed_eval, precomputed_stats,
+                            precomputed_sweep)
+from reap_core.errors import Cancelled, ReapError
+from reap_core.eval_defaults import defaults_for, is_bundled
+from reap_core.export import describe_verification, export_pruned
+from reap_core.fidelity import DEFAULT_CRITERIA, METRICS, FidelityCache, feasible_ratios
+from reap_core.generation_quality import GENERATION_DEFINITIONS, generation_quality
+from reap_core.heldout import build_heldout, calibration_exclusion
 from reap_core.hub import push_folder
 from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
 from reap_core.plan import PruningPlan, make_plan
-from reap_core.saliency import CRITERIA, compute_scores
+from reap_core.progress import ProgressClock, ProgressState
+from reap_core.prune import PLAN_FILE
+from reap_core.saliency import CRITERIA, compute_scores, get_criterion
 from reap_core.stats import ExpertStats
-from reap_core.studio import (ModelCache, SessionSignals, StatsCache, compression_table, model_card,
-                               plan_summary)
-from reap_core.viz import category_heatmap, criteria_agreement, saliency_heatmap
+from reap_core.studio import (ModelCache, SessionSignals, StatsCache, calibration_line, compression_table,
+                              model_card, plan_caption, plan_summary)
+from reap_core.task_eval import task_accuracy
+from reap_core.viz import category_heatmap, criteria_agreement, fidelity_figure, saliency_caption, saliency_heatmap
 from reap_core.workspace import Workspace, detect_mode
 
 try:  # ZeroGPU on Spaces: GPU work must run inside spaces.GPU functions; locally a no-op
@@ -60,8 +64,10 @@ MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", B
 OWNER_MODELS = {BUNDLED_MODEL, GEMMA4_26B, DEFAULT_MODEL}
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
 MODELS, STATS, FIDELITY, SIGNALS = ModelCache(), StatsCache(), FidelityCache(), SessionSignals()
+PACK = load_pack()            # results precomputed for the bundled model's default calibration (reap_core.demo)
 WORK = Workspace(os.environ.get("REAP_STUDIO_WORKDIR") or
                  Path(tempfile.gettempdir()) / f"reap-studio-{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
+ALL_CATEGORIES = "all categories"
 
 
 @dataclass(frozen=True)
@@ -121,12 +127,13 @@ def stop_check(event, what: str):
     return check
 
 
+# Status lines start with a word, not an emoji: a machine without an emoji font shows emoji as boxes.
 def ok(text: str) -> str:
-    return f"✅ {text}"
+    return f"**Done:** {text}"
 
 
 def fail(exc: Exception) -> str:
-    return f"⚠️ **{exc}**"
+    return f"**{'Stopped' if isinstance(exc, Cancelled) else 'Error'}:** {exc}"
 
 
 def session_model(session: Session):
@@ -141,6 +148,65 @@ def session_stats(session: Session) -> ExpertStats:
     return session.stats
 
 
+# --- long actions: a worker thread, and a progress bar the page can see ------------------------
+
+POLL_SECONDS = 0.5
+
+
+def progress_html(state: ProgressState) -> str:
+    """A real bar (role=progressbar) with counts, elapsed time and ETA, drawn inside the status."""
+    pct = state.fraction * 100
+    return (f'<div class="reap-progress" role="progressbar" aria-label="{html.escape(state.what)}" '
+            f'aria-valuemin="0" aria-valuemax="100" aria-valuenow="{pct:.0f}">'
+            f'<div class="reap-progress-track"><div class="reap-progress-fill" style="width: {pct:.1f}%"></div></div>'
+            f'<div class="reap-progress-text">{html.escape(state.line())}</div></div>')
+
+
+class Background:
+    """Runs `work()` in a worker thread so the handler (a generator) can yield progress meanwhile.
+
+    `with Background(...) as job: for state in job.states(): yield …; result = job.result()`.
+    Leaving the block early (the tab closed, the event was cancelled) sets `stop`, which the work's
+    progress callback turns into Cancelled at its next step: no orphaned computation holds the model.
+    """
+
+    def __init__(self, work: Callable[[], object], clock: ProgressClock, stop: threading.Event):
+        self.clock, self.stop, self._box = clock, stop, {}
+        self._thread = threading.Thread(target=self._run, args=(work,), name=f"reap-{clock.what}", daemon=True)
+
+    def _run(self, work) -> None:
+        try:
+            self._box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 — handed to the handler's thread in result()
+            self._box["error"] = exc
+
+    def __enter__(self) -> "Background":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self.stop.set()
+
+    def states(self):
+        yield self.clock.latest
+        while self._thread.is_alive():
+            self._thread.join(POLL_SECONDS)
+            if self._thread.is_alive():
+                yield self.clock.latest
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+
+def precomputed_note() -> str:
+    return (f" *Precomputed — {PACK.created if PACK else ''}; untick **Use precomputed results** (step 2) to "
+            "measure it live.*")
+
+
 # --- 1. model --------------------------------------------------------------------------------
 
 def on_load_model(model_id: str, session: Session, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
@@ -150,14 +216,42 @@ def on_load_model(model_id: str, session: Session, request: gr.Request, oauth_to
         loaded = MODELS.get(model_id, token=model_token(model_id, oauth_token), allow_local_paths=not MODE.public)
         progress(0.9, desc="Counting parameters …")
         card = model_card(loaded, *MODELS.counts(loaded)).markdown()
-    except ReapError as exc:  # keep the model, statistics and prune already there
-        return fail(exc), session, gr.update(), gr.update()
+    except ReapError as exc:  # keep the model, statistics and prune already there — and say so
+        return still_loaded(exc, session), session, gr.update(), gr.update()
     session = Session(model_id=model_id)
     toy = [c for c in builtin_categories() if c.startswith(TOY_PREFIX)]
     general = [c for c in builtin_categories() if c not in toy]
     default = toy if model_id == BUNDLED_MODEL else general
     return (card, session, gr.update(choices=toy + general, value=default),
             gr.update(visible=loaded.is_multimodal and loaded.processor is not None))
+
+
+def still_loaded(exc: Exception, session: Session) -> str:
+    """A failed load's message, then the card of the model that is still loaded (if any)."""
+    if not session.model_id:
+        return fail(exc) + "\n\nNo model is loaded."
+    try:
+        loaded = MODELS.get(session.model_id)
+        card = model_card(loaded, *MODELS.counts(loaded)).markdown()
+    except ReapError:
+        return fail(exc)
+    return (fail(exc) + f"\n\n**Still loaded: `{session.model_id}`** — your statistics and prune are kept.\n\n"
+            + card)
+
+
+def on_model_controls(session: Session):
+    """What the loaded model can use: thinking, the example prompts that fit it, precomputed results."""
+    try:
+        loaded = session_model(session)
+    except ReapError:
+        return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+    toy = is_bundled(loaded)
+    thinking = (gr.update(value=False, interactive=False,
+                          info="Off for the bundled model: it was not trained with a thinking channel")
+                if toy else gr.update(interactive=True, info="Gemma 4's reasoning channel, folded in the answer"))
+    has_pack = pack_for(loaded, PACK) is not None
+    return (thinking, gr.update(visible=toy), gr.update(visible=not toy), gr.update(visible=toy),
+            gr.update(visible=has_pack, value=has_pack))
 
 
 # --- 2. calibrate ----------------------------------------------------------------------------
@@ -174,10 +268,11 @@ def calibration_spec(categories: list[str], hub_spec: str, upload) -> tuple[str,
 
 
 @gpu
-def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Session, request: gr.Request,
-                 progress=gr.Progress()):
+def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Session, use_precomputed: bool = True,
+                 request: gr.Request = None):
     sid = session_id(request)
-    cancelled = stop_check(SIGNALS.start(sid, "work"), "calibration")
+    stop = SIGNALS.start(sid, "work")
+    cancelled = stop_check(stop, "calibration")
     try:
         loaded = session_model(session)
         spec, local_files = calibration_spec(categories, hub_spec, upload)
@@ -187,23 +282,35 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Ses
         if calib.num_tokens > LIMITS.calibration_tokens:
             raise ReapError(f"this calibration is {calib.num_tokens:,} tokens; the limit here is "
                             f"{LIMITS.calibration_tokens:,}: choose fewer samples or fewer tokens per sample")
+        stats = precomputed_stats(loaded, calib.fingerprint(), PACK) if use_precomputed else None
+        source = "precomputed" if stats is not None else ""
+        if stats is None:
+            clock = ProgressClock("Calibration", "tokens")
+            clock.update(0, calib.num_tokens)
 
-        def report(done, total, tokens):
-            cancelled()
-            progress(done / total, desc=f"{tokens} / {calib.num_tokens} tokens")
+            def report(done, total, tokens):
+                cancelled()
+                clock.update(tokens, calib.num_tokens, f"sample {done} of {total}")
 
-        progress(0, desc=f"0 / {calib.num_tokens} tokens")
-        stats, cached = STATS.get_or_observe(loaded, calib, batch_size=4, progress=report)
+            with Background(lambda: STATS.get_or_observe(loaded, calib, batch_size=4, progress=report),
+                            clock, stop) as job:
+                for state in job.states():
+                    yield progress_html(state), session, gr.update()
+                stats, cached = job.result()
+            source = "cache" if cached else ""
     except ReapError as exc:  # includes Cancelled: the statistics already there are kept
-        return fail(exc), session, gr.update()
+        yield fail(exc), session, gr.update()
+        return
     session = replace(session, stats=stats, plan=None, evals={})  # results of other statistics are stale
     path = WORK.scratch_dir(sid, "stats") / f"reap-stats-{stats.fingerprint()}.npz"
     stats.save(path)
     WORK.sweep(keep=sid)
-    summary = ", ".join(f"{literal(c)}: {n}" for c, n in zip(stats.categories, stats.tokens_per_category))
-    note = " (from cache: same model and calibration data)" if cached else ""
-    return ok(f"Observed **{stats.num_tokens} tokens** from {stats.calibration['samples']} samples{note} — "
-              f"{summary}"), session, gr.update(value=str(path), visible=True)
+    summary = ", ".join(f"{literal(c)}: {n:,}" for c, n in zip(stats.categories, stats.tokens_per_category))
+    note = {"cache": " (from cache: same model and calibration data)", "precomputed": "",
+            "": ""}[source]
+    text = (ok(f"Observed **{stats.num_tokens:,} tokens** from {stats.calibration['samples']} samples{note} — "
+               f"{summary}") + (precomputed_note() if source == "precomputed" else ""))
+    yield text, session, gr.update(value=str(path), visible=True)
 
 
 def on_upload_stats(file, session: Session):
@@ -221,26 +328,57 @@ def on_upload_stats(file, session: Session):
 
 # --- 3. saliency and 4. compression (statistics only: instant) -------------------------------
 
+def chosen_categories(category: str | None) -> list[str] | None:
+    return None if category in (None, "", ALL_CATEGORIES) else [category]
+
+
+def scope_words(categories: list[str] | tuple[str, ...] | None) -> str:
+    return (f"calibration category **{', '.join(categories)}** only" if categories
+            else "all calibration categories")
+
+
+def stale_notice(current: PruningPlan | None, criterion, ratio, protect, category) -> str | None:
+    """Why the chat no longer matches the controls (criterion, ratio, category or protection changed)."""
+    if current is None:
+        return None
+    cats = chosen_categories(category)
+    changes = []
+    if current.criterion != criterion:
+        changes.append(f"criterion {get_criterion(current.criterion).label} → {get_criterion(criterion).label}")
+    if abs(current.compression_ratio - ratio) > 1e-9:
+        changes.append(f"ratio {current.compression_ratio:.0%} → {ratio:.0%}")
+    if tuple(cats or ()) != tuple(current.categories or ()):
+        changes.append(f"scores from {scope_words(current.categories)} → {scope_words(cats)}")
+    if bool(current.protected) != bool(protect):
+        changes.append("super-expert protection " + ("on" if protect else "off"))
+    if not changes:
+        return None
+    return ("**Out of date:** chat and evaluation still use the last prune (" + plan_summary(current) + "). Changed since: "
+            + "; ".join(changes) + ". Press **Prune** to apply.")
+
+
 def on_view(criterion, ratio, protect, sort_experts, category, session: Session):
     """Heatmap + size table for the current settings; runs on every slider move."""
-    notice = gr.update()
-    current = session.plan
-    if current is not None and (current.criterion != criterion or abs(current.compression_ratio - ratio) > 1e-9):
-        notice = (f"ℹ️ Chat still uses **{current.criterion}** at {current.compression_ratio:.0%} — press **Prune** "
-                  f"to apply {criterion} at {ratio:.0%}")
+    notice = stale_notice(session.plan, criterion, ratio, protect, category)
+    if notice is None:   # back in step with the prune (or nothing pruned yet): say what chat uses
+        notice = pruned_status(session.plan) if session.plan is not None else gr.update()
     try:
         loaded = session_model(session)
         stats = session_stats(session)
         counts, fmt = MODELS.counts(loaded)
         table = compression_table(counts, ratio, fmt)
-        cats = None if category in (None, "", "all categories") else [category]
+        cats = chosen_categories(category)
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
         scores = compute_scores(stats, criterion, categories=cats)
         fig = saliency_heatmap(stats, scores, criterion, plan, sort_experts=sort_experts,
                                category=cats[0] if cats else None)
     except ReapError as exc:
-        return gr.update(), fail(exc), gr.update(), notice
-    return fig, table, gr.update(choices=["all categories"] + stats.categories), notice
+        return gr.update(), fail(exc), gr.update(), notice, gr.update()
+    will = (f"\n\n**Prune will use:** {get_criterion(criterion).label} scores from {scope_words(cats)}"
+            f" — {plan.num_pruned} of {plan.num_experts} experts removed in every layer"
+            + ("; super experts protected" if protect else "") + ".")
+    return (fig, table + will, gr.update(choices=[ALL_CATEGORIES] + stats.categories),
+            notice, saliency_caption(criterion, plan, sort_experts, cats[0] if cats else None))
 
 
 def notice_figure(text: str):
@@ -261,22 +399,27 @@ def on_category_view(layer_label, session: Session):
             raise ReapError(f"no MoE layer {layer_label}: choose one of {', '.join(labels)}")
         return category_heatmap(stats, labels.index(layer_label) if layer_label else 0)
     except ReapError as exc:
-        return notice_figure(f"⚠️ {exc}")
+        return notice_figure(str(exc))
 
 
 def on_expert(layer_label, expert, session: Session):
     try:
         stats = session_stats(session)
-        row = [f"L{i}" for i in stats.layer_indices].index(layer_label) if layer_label else 0
+        labels = [f"L{i}" for i in stats.layer_indices]
+        if layer_label and layer_label not in labels:
+            raise ReapError(f"no MoE layer {layer_label}: choose one of {', '.join(labels)}")
+        row = labels.index(layer_label) if layer_label else 0
+        layer_label = labels[row]
         expert = int(expert)
         if not 0 <= expert < stats.num_experts:
             raise ReapError(f"expert must be between 0 and {stats.num_experts - 1}")
-    except (ReapError, ValueError) as exc:
+    except (ReapError, ValueError, TypeError) as exc:
         return fail(exc)
     items = (stats.top_tokens or [[[]]])[row][expert] if stats.top_tokens else []
     count = int(stats.total("count")[row, expert])
     if not items:
-        return f"Expert {expert} of {layer_label} was routed **no** calibration tokens: every data-driven criterion scores it 0."
+        return (f"**Expert {expert}, layer {layer_label}** was routed **no** calibration tokens: every data-driven "
+                "criterion scores it 0.")
     lines = [f"**Expert {expert}, layer {layer_label}** — {count} routed tokens. Where gate·‖f‖ peaked "
              "(the highlighted token; the text around it is its context):", "",
              "| gate·‖f‖ | category | context |", "|---:|---|---|"]
@@ -284,6 +427,14 @@ def on_expert(layer_label, expert, session: Session):
         lines.append(f"| {it['score']:.3g} | {it['category']} | …{literal(it['before'])}<mark>{literal(it['token'])}"
                      f"</mark>{literal(it['after'])}… |")
     return "\n".join(lines)
+
+
+def on_heatmap_click(value: str, session: Session):
+    """A heatmap cell was clicked (the page sends 'L<layer>:<expert>'): open that expert."""
+    layer, _, expert = (value or "").partition(":")
+    if not layer or not expert.strip().lstrip("-").isdigit():
+        return gr.update(), gr.update(), gr.update()
+    return gr.update(value=layer), gr.update(value=int(expert)), on_expert(layer, int(expert), session)
 
 
 def literal(text: str) -> str:
@@ -299,22 +450,29 @@ def on_compare(criterion_a, criterion_b, ratio, session: Session):
         stats = session_stats(session)
         return criteria_agreement(stats, make_plan(stats, ratio, criterion_a), make_plan(stats, ratio, criterion_b))
     except ReapError as exc:
-        return notice_figure(f"⚠️ {exc}")
+        return notice_figure(str(exc))
+
+
+def pruned_status(plan: PruningPlan) -> str:
+    scope = (f"Pruned using calibration category **{', '.join(plan.categories)}** only (chosen in step 3)"
+             if plan.categories else "Scores from all calibration categories")
+    return ok(f"Pruned view active — {plan_summary(plan)}. {scope}. Chat below uses it; the weights are untouched.")
 
 
 def on_prune(criterion, ratio, protect, category, session: Session):
     try:
         session_model(session)
         stats = session_stats(session)
-        cats = None if category in (None, "", "all categories") else [category]
+        cats = chosen_categories(category)
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
     except ReapError as exc:
         return fail(exc), session, gr.update()
-    label = f"Pruned — {plan.num_kept}/{plan.num_experts} experts per layer ({plan.criterion}, {plan.compression_ratio:.0%})"
-    return (ok("Pruned view active — " + plan_summary(plan) + ". Chat below uses it; the weights are untouched."),
+    head = (f"**Pruned** — {plan.num_kept} of {plan.num_experts} experts per layer "
+            f"({get_criterion(plan.criterion).label} {plan.compression_ratio:.0%})")
+    return (pruned_status(plan),
             # the fidelity sweep depends on the statistics only; quality and accuracy on this plan
             replace(session, plan=plan, evals={k: v for k, v in session.evals.items() if k == "fidelity"}),
-            gr.update(label=label))
+            head)
 
 
 # --- 5. chat side by side --------------------------------------------------------------------
@@ -327,7 +485,7 @@ def to_model_history(chat: list[dict]) -> list[dict]:
 
 def render_answer(raw: str) -> list[dict]:
     reasoning, answer = split_reasoning(raw)
-    msgs = [{"role": "assistant", "content": reasoning, "metadata": {"title": "💭 Reasoning", "status": "done"}}] \
+    msgs = [{"role": "assistant", "content": reasoning, "metadata": {"title": "Reasoning", "status": "done"}}] \
         if reasoning else []
     return msgs + [{"role": "assistant", "content": answer or "…"}]
 
@@ -356,7 +514,7 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     user = {"role": "user", "content": message}
     histories = [to_model_history(chat_orig) + [user], to_model_history(chat_pruned) + [user]]
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                  top_p=float(top_p), thinking=bool(thinking))
+                                  top_p=float(top_p), thinking=bool(thinking) and not is_bundled(loaded))
     base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
     stop = SIGNALS.start(session_id(request), "chat")   # Stop and Clear set it
     try:
@@ -373,29 +531,48 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
 
 # --- 6. evaluate -------------------------------------------------------------------------------
 
-def on_fidelity(criteria, metric, ratio, session: Session, request: gr.Request, progress=gr.Progress()):
-    cancelled = stop_check(SIGNALS.start(session_id(request), "work"), "fidelity sweep")
+def sweep_caption(result, stats: ExpertStats, source: str) -> str:
+    h = result.heldout
+    labels = ", ".join(get_criterion(c).label for c in result.criteria)
+    return (f"**Measured:** {len(result.criteria)} criteria ({labels}) × {len(result.ratios)} ratios "
+            f"({result.ratios[0]:.0%}–{result.ratios[-1]:.0%} of {result.num_experts} experts pruned per layer), "
+            f"each prune made from the statistics of {calibration_line(stats)}; scored on {h.get('sequences')} "
+            f"held-out sequences that were never calibration samples" + (f" ({source})." if source else "."))
+
+
+def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool = True, request: gr.Request = None):
+    stop = SIGNALS.start(session_id(request), "work")
+    cancelled = stop_check(stop, "fidelity sweep")
     try:
         loaded, stats = session_model(session), session_stats(session)
         if not criteria:
             raise ReapError("choose at least one criterion to sweep")
         heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
                                 calibration_exclusion(stats, loaded.tokenizer, allow_local_files=not MODE.public))
+        ratios = feasible_ratios(loaded.num_experts, loaded.top_k)
+        result = (precomputed_sweep(loaded, stats, heldout, ratios, criteria, PACK) if use_precomputed else None)
+        source = "precomputed" if result is not None else ""
+        if result is None:
+            clock = ProgressClock("Fidelity sweep", "forward passes")
 
-        def report(done, total):
-            cancelled()
-            progress(done / max(total, 1), desc=f"forward passes {done}/{total}")
+            def report(done, total):
+                cancelled()
+                clock.update(done, total)
 
-        result, cached = FIDELITY.get_or_run(
-            loaded, stats, heldout, ratios=feasible_ratios(loaded.num_experts, loaded.top_k), criteria=criteria,
-            progress=report)
+            with Background(lambda: FIDELITY.get_or_run(loaded, stats, heldout, ratios=ratios, criteria=criteria,
+                                                         progress=report), clock, stop) as job:
+                for state in job.states():
+                    yield progress_html(state), gr.update(), session
+                result, cached = job.result()
+            source = "from cache" if cached else f"measured live in {result.timing.get('seconds', 0):.1f} s"
     except ReapError as exc:
-        return fail(exc), gr.update(), session
+        yield fail(exc), gr.update(), session
+        return
     evals = {**session.evals, "fidelity": result}
-    took = "from cache" if cached else f"{result.timing.get('seconds', 0):.1f} s"
-    return (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria "
-               f"({result.heldout.get('sequences')} held-out sequences, {took})")
-            + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), replace(session, evals=evals))
+    caption = sweep_caption(result, stats, "" if source == "precomputed" else source)
+    yield (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria.") + " " + caption
+           + (precomputed_note() if source == "precomputed" else "")
+           + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), replace(session, evals=evals))
 
 
 def on_fidelity_redraw(metric, ratio, session: Session):
@@ -403,31 +580,52 @@ def on_fidelity_redraw(metric, ratio, session: Session):
     return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
 
 
-def on_quality(kind: str, session: Session, request: gr.Request, progress):
-    cancelled = stop_check(SIGNALS.start(session_id(request), "work"),
-                           "generation quality" if kind == "generation" else "task accuracy")
+def on_quality(kind: str, session: Session, use_precomputed: bool, request: gr.Request):
+    what = "Generation quality" if kind == "generation" else "Task accuracy"
+    stop = SIGNALS.start(session_id(request), "work")
+    cancelled = stop_check(stop, what.lower())
     try:
         loaded = session_model(session)
         plan = require_plan(session, "the evaluation compares the original with the pruned view")
+        stats = session_stats(session)
+        report = precomputed_eval(kind, loaded, stats, plan, PACK) if use_precomputed else None
+        source = "precomputed" if report is not None else ""
+        if report is None:
+            clock = ProgressClock(what, "answers")
 
-        def step(done, total):
-            cancelled()
-            progress(done / max(total, 1), desc=f"{done}/{total}")
+            def step(done, total):
+                cancelled()
+                clock.update(done, total)
 
-        report = (generation_quality if kind == "generation" else task_accuracy)(loaded, plan, progress=step)
+            run = generation_quality if kind == "generation" else task_accuracy
+            with Background(lambda: run(loaded, plan, progress=step), clock, stop) as job:
+                for state in job.states():
+                    yield progress_html(state), session
+                report = job.result()
     except ReapError as exc:
-        return fail(exc), session
-    return report.format_table(), replace(session, evals={**session.evals, kind: report})
+        yield fail(exc), session
+        return
+    caption = f"**Measured:** {plan_caption(plan, stats)} — against the original, same prompts, greedy."
+    if kind == "generation":
+        s = report.settings
+        caption += (f" {s.get('prompts')} prompts, up to {s.get('max_new_tokens')} new tokens each.\n\n"
+                    + report.format_table() + "\n\n*" + GENERATION_DEFINITIONS + "*")
+    else:
+        s = report.settings
+        caption += (f" {report.suite} suite: {s.get('items')} items ({s.get('items_per_domain')} per domain), "
+                    f"checked by a program.\n\n" + report.format_table())
+    yield caption + (precomputed_note() if source == "precomputed" else ""), \
+        replace(session, evals={**session.evals, kind: report})
 
 
 @gpu
-def on_generation_quality(session: Session, request: gr.Request, progress=gr.Progress()):
-    return on_quality("generation", session, request, progress)
+def on_generation_quality(session: Session, use_precomputed: bool = True, request: gr.Request = None):
+    yield from on_quality("generation", session, use_precomputed, request)
 
 
 @gpu
-def on_task_accuracy(session: Session, request: gr.Request, progress=gr.Progress()):
-    return on_quality("tasks", session, request, progress)
+def on_task_accuracy(session: Session, use_precomputed: bool = True, request: gr.Request = None):
+    yield from on_quality("tasks", session, use_precomputed, request)
 
 
 def eval_results_for_card(session: Session) -> dict | None:
@@ -444,56 +642,84 @@ EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))  # local mo
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
 
 
-def default_export_dir(session: Session) -> str:
+def default_export_dir(session: Session) -> Path:
+    """exports/<model>-<criterion>-<percent>, or -2, -3, … when that name is taken: never a silent replace."""
     plan = session.plan
     name = Path(session.model_id or "model").name
-    return str(EXPORT_ROOT / (f"{name}-reap-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name))
+    base = EXPORT_ROOT / (f"{name}-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name)
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
 
 
-def export_target(out_dir: str, session: Session, sid: str) -> Path:
+def export_target(out_dir: str, replace_earlier: bool, session: Session, sid: str) -> Path:
     """Public: the session's own folder, never a path the visitor names. Local: the path given (an
-    existing folder that is not an earlier export is refused by the exporter, never emptied)."""
+    earlier export there is replaced only when asked; anything else is refused by the exporter)."""
     plan = session.plan
     if MODE.public:
         if (out_dir or "").strip():
             raise ReapError("server paths are not accepted here: each session exports into its own folder — "
                             "leave the folder empty and download the zip")
         return WORK.export_dir(sid, session.model_id or "model", plan.criterion, plan.compression_ratio)
-    return Path((out_dir or "").strip() or default_export_dir(session))
+    if not (out_dir or "").strip():
+        return default_export_dir(session)
+    path = Path(out_dir.strip())
+    if (path / PLAN_FILE).is_file() and not replace_earlier:
+        raise ReapError(f"`{path}` already holds an export: tick **Replace an earlier export** to overwrite it, "
+                        "or leave the folder empty for a new name")
+    return path
 
 
 @gpu
-def on_export(out_dir: str, session: Session, request: gr.Request, progress=gr.Progress()):
+def on_export(out_dir: str, session: Session, replace_earlier: bool = False, request: gr.Request = None):
     sid = session_id(request)
+    stop = SIGNALS.start(sid, "work")
+    cancelled = stop_check(stop, "export")
     try:
         loaded = session_model(session)
         stats = session_stats(session)
         plan = require_plan(session, "the export writes the pruned view you chatted with")
-        target = export_target(out_dir, session, sid)
-        result = export_pruned(loaded, plan, stats, target, eval_results=eval_results_for_card(session),
-                               progress=lambda fraction, message: progress(fraction, desc=message))
+        target = export_target(out_dir, bool(replace_earlier), session, sid)
+        replacing = target.exists()   # allowed only for an earlier export of ours (asked for, locally)
+        clock = ProgressClock("Export", "%")
+
+        def report(fraction, message):
+            cancelled()
+            clock.fraction(fraction, message)
+
+        with Background(lambda: export_pruned(loaded, plan, stats, target, eval_results=eval_results_for_card(session),
+                                              progress=report), clock, stop) as job:
+            for state in job.states():
+                yield progress_html(state), session, gr.update()
+            result = job.result()
     except ReapError as exc:
-        return fail(exc), session, gr.update()
+        yield fail(exc), session, gr.update()
+        return
+    earlier = ""
     if MODE.public:  # one export per session on the server: the earlier ones go
         for other in result.path.parent.iterdir():
             if other != result.path:
                 shutil.rmtree(other, ignore_errors=True)
+                replacing = True
+        earlier = " It replaces this session's earlier export." if replacing else ""
+    elif replacing:
+        earlier = " It replaced the earlier export in that folder, as asked."
     archive = gr.update(visible=False)
     if result.bytes < ZIP_LIMIT:
         zip_path = shutil.make_archive(str(WORK.scratch_dir(sid, "zip") / result.path.name), "zip", result.path)
         archive = gr.update(value=zip_path, visible=True)
     WORK.sweep(keep=sid)
-    check = (f"verified: max |Δlogits| vs the masked view = {result.max_abs_diff:.2e} (tolerance "
-             f"{result.tolerance:.0e})" if result.max_abs_diff is not None else "not verified")
+    check = describe_verification(result.verification) if result.max_abs_diff is not None else "not verified"
     where = f"`{result.path.name}` (this session's folder)" if MODE.public else f"`{result.path}`"
-    return (ok(f"Exported to {where} — {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
-               f"{result.seconds:.1f} s, {check}."),
-            replace(session, export=ExportRecord(str(result.path), result.max_abs_diff is not None,
-                                                 plan_summary(plan))), archive)
+    yield (ok(f"Exported to {where} — {plan_caption(plan)}; {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
+              f"{result.seconds:.1f} s; {'verified' if result.max_abs_diff is not None else 'check'}: {check}.{earlier}"),
+           replace(session, export=ExportRecord(str(result.path), result.max_abs_diff is not None,
+                                                plan_summary(plan))), archive)
 
 
 def on_push(repo_id: str, private: bool, session: Session, request: gr.Request,
-            oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
+            oauth_token: gr.OAuthToken | None = None):
     # Public mode: the visitor's OAuth token or nothing (never the server's HF_TOKEN). Locally: the token
     # saved by `hf auth login` when no sign-in is given.
     token = oauth_token.token if oauth_token is not None and oauth_token.token else None
@@ -510,12 +736,17 @@ def on_push(repo_id: str, private: bool, session: Session, request: gr.Request,
                             "only your own account is used" if ON_SPACE else
                             "pushing from a public server needs a Hugging Face sign-in, which only a Space "
                             "offers: download the zip and push it with `hf upload` instead")
-        url = push_folder(export.path, repo_id, token=token, private=bool(private),
-                          allow_saved_token=not MODE.public,
-                          progress=lambda fraction, message: progress(fraction, desc=message))
+        clock = ProgressClock("Push", "%")
+        with Background(lambda: push_folder(export.path, repo_id, token=token, private=bool(private),
+                                            allow_saved_token=not MODE.public, progress=clock.fraction),
+                        clock, threading.Event()) as job:
+            for state in job.states():
+                yield progress_html(state)
+            url = job.result()
     except ReapError as exc:
-        return fail(exc)
-    return ok(f"Pushed to [{url}]({url}) — {export.plan}")
+        yield fail(exc)
+        return
+    yield ok(f"Pushed to [{url}]({url}) — {export.plan}")
 
 
 def on_session_end(request: gr.Request):
@@ -530,17 +761,69 @@ def on_session_end(request: gr.Request):
 CSS = """
 .step-title h2 {margin-bottom: 0}
 .muted {opacity: 0.75}
+.reap-progress {margin: 6px 0; min-width: 0}
+.reap-progress-track {height: 14px; border-radius: 7px; background: var(--neutral-200, #e5e7eb); overflow: hidden}
+.reap-progress-fill {height: 100%; background: var(--primary-500, #6366f1); transition: width 0.4s ease}
+.reap-progress-text {font-size: 0.9em; margin-top: 4px; overflow-wrap: anywhere}
+/* result tables scroll sideways inside their box instead of wrapping one character per line */
+.result table {display: block; overflow-x: auto; max-width: 100%; width: fit-content}
+.result th, .result td {white-space: nowrap}
+/* long code answers wrap in the chat panes instead of scrolling sideways */
+.chat-pane pre, .chat-pane code {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word}
+#heatmap-click {display: none}
+@media (max-width: 640px) {
+  .phone-stack > * {min-width: 100% !important; flex-basis: 100% !important}
+  .result table {font-size: 0.85em}
+  .result th, .result td {padding: 4px 6px !important}
+}
 """
 
 INTRO = """# REAP Studio
 Compress a Mixture-of-Experts LLM by **removing experts**, and see what it costs. REAP
 (*Router-weighted Expert Activation Pruning*, Lasby et al., ICLR 2026) scores each expert by the
 mean, over the calibration tokens routed to it, of **gate × ‖expert output‖**, and removes the
-lowest-scoring experts in every layer. Work top to bottom: load → calibrate → look → slide → prune → chat."""
+lowest-scoring experts in every layer. Work top to bottom: load → calibrate → look → slide → prune → chat →
+evaluate → export."""
+
+# The page tells the server which heatmap cell was clicked: Plotly's own click event on the two
+# heatmaps (saliency and category views) writes "L<layer>:<expert>" into a hidden gr.HTML and fires
+# its submit event. Plots are redrawn on every slider move, so new plot elements are bound as they appear.
+CLICK_JS = """
+const bind = () => {
+  for (const id of ["saliency-heatmap", "category-heatmap"]) {
+    const gd = document.querySelector("#" + id + " .js-plotly-plot");
+    if (!gd || !gd.on || gd.__reapClick) continue;
+    gd.__reapClick = true;
+    gd.on("plotly_click", (ev) => {
+      const pt = ev && ev.points && ev.points[0];
+      const meta = pt && pt.data && pt.data.meta;
+      if (!meta) return;
+      const layer = meta.kind === "saliency" ? pt.y : meta.layer;
+      const expert = meta.kind === "saliency" ? pt.customdata[0] : pt.x;
+      props.value = layer + ":" + Math.round(Number(expert));
+      trigger("submit");
+    });
+  }
+};
+bind();
+setInterval(bind, 700);
+"""
 
 
-def toy_examples() -> list[str]:
-    return [toy_tasks.generate(d, 1, seed=42)[0].prompt for d in toy_tasks.DOMAINS]
+def example_labels() -> list[str]:
+    """'code: original right; wrong at REAP 50%, 75%' from the answers the demo pack measured."""
+    measured = {e["prompt"]: e["answers"] for e in (PACK.examples if PACK else [])}
+    labels = []
+    for ex in EXAMPLES:
+        answers = measured.get(ex.prompt)
+        if not answers:
+            labels.append(ex.domain)
+            continue
+        orig = answers.get("original", {}).get("correct")
+        wrong = [name.replace("REAP ", "") for name, a in answers.items() if name != "original" and not a["correct"]]
+        labels.append(f"{ex.domain}: original {'right' if orig else 'wrong'}"
+                      + (f"; wrong at REAP {', '.join(wrong)}" if wrong else "; right at every ratio tried"))
+    return labels
 
 
 GENERAL_EXAMPLES = ["Explain in two sentences why the sky is blue.",
@@ -558,7 +841,7 @@ def build_demo() -> gr.Blocks:
             model_id = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, allow_custom_value=True, scale=4,
                                    label="Model: pick one, or type a Hub id" + ("" if MODE.public else " / local folder"))
             load_btn = gr.Button("Load", variant="primary", scale=1)
-        model_info = gr.Markdown("No model loaded yet.")
+        model_info = gr.Markdown("No model loaded yet.", elem_classes="model-card", elem_id="model-card")
 
         gr.Markdown("## 2 · Calibrate")
         gr.Markdown("REAP needs to see the model at work: a small set of prompts is run through it once, and "
@@ -566,72 +849,107 @@ def build_demo() -> gr.Blocks:
                     elem_classes="muted")
         with gr.Row():
             categories = gr.CheckboxGroup(builtin_categories(), label="Built-in categories", scale=3)
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=160):
                 samples = gr.Number(16, precision=0, minimum=1, label="Samples per category")
                 max_tokens = gr.Slider(32, 2048, value=256, step=32, label="Max tokens per sample")
         with gr.Row():
             hub_spec = gr.Textbox(label="…or a Hub dataset (name[subset](split):N)", placeholder="org/data(train):64")
             upload = gr.File(label=f"…or upload .jsonl / .txt (up to {LIMITS.upload.upper()})",
                              file_types=[".jsonl", ".txt"], type="filepath", height=120)
+        use_precomputed = gr.Checkbox(False, visible=False,
+                                      label="Use precomputed results (bundled model, default calibration: instant)",
+                                      info="Statistics, the fidelity sweep and the evaluations of REAP 25/50/75% were "
+                                           "measured once by scripts/precompute_demo.py on exactly this model and "
+                                           "data; untick to measure everything live")
         with gr.Row():
             calib_btn = gr.Button("Run calibration", variant="primary", scale=3)
             calib_cancel = gr.Button("Cancel", scale=1)
-        calib_status = gr.Markdown()
+        calib_status = gr.Markdown(elem_classes="result", elem_id="calib-status")
         with gr.Row():
             stats_file = gr.File(label="Statistics (download to reuse)", interactive=False, height=150, visible=False)
             stats_upload = gr.File(label="Upload statistics saved earlier (skips calibration)", file_types=[".npz"],
                                    type="filepath", height=150)
 
         gr.Markdown("## 3 · Saliency — which experts matter")
-        with gr.Row():
-            criterion = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion")
-            category = gr.Dropdown(["all categories"], value="all categories", label="Calibration category")
-            sort_experts = gr.Checkbox(False, label="Sort each layer by score")
-        heatmap = gr.Plot(label="Saliency heatmap (× = pruned at the current ratio)")
-        with gr.Accordion("What does one expert do?", open=False):
-            with gr.Row(equal_height=True):
-                layer_pick = gr.Dropdown([], label="Layer", allow_custom_value=True)
-                expert_pick = gr.Number(0, precision=0, minimum=0, label="Expert id")
-                expert_btn = gr.Button("Show its top tokens")
-            expert_info = gr.Markdown()
-            category_plot = gr.Plot(label="Experts by calibration category")
+        with gr.Row(elem_classes="phone-stack"):
+            criterion = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion", min_width=160)
+            category = gr.Dropdown([ALL_CATEGORIES], value=ALL_CATEGORIES, min_width=160,
+                                   label="Score experts on calibration category",
+                                   info="Also what Prune (step 4) uses")
+            sort_experts = gr.Checkbox(False, label="Sort each layer by score", min_width=160)
+        heatmap = gr.Plot(label="Saliency heatmap", show_label=False, elem_id="saliency-heatmap")
+        heat_caption = gr.Markdown(elem_classes="muted", elem_id="heat-caption")
+        click_bridge = gr.HTML("", html_template="<span></span>", js_on_load=CLICK_JS, elem_id="heatmap-click",
+                               container=False, padding=False)
+        with gr.Group(elem_id="expert-inspector"):
+            gr.Markdown("### Expert inspector")
+            expert_info = gr.Markdown("Click a cell of the heatmap above (or of the category view below) to see the "
+                                      "calibration tokens where that expert fired hardest.", elem_classes="result",
+                                      elem_id="expert-info")
+            with gr.Accordion("…or pick an expert by number", open=False):
+                with gr.Row(equal_height=True):
+                    layer_pick = gr.Dropdown([], label="Layer", allow_custom_value=True, min_width=120)
+                    expert_pick = gr.Number(0, precision=0, minimum=0, label="Expert id", min_width=120)
+                    expert_btn = gr.Button("Show its top tokens", min_width=120)
+
+        gr.Markdown("### Which experts serve which category")
+        gr.Markdown("Each row is a calibration category, each column an expert of one layer; colour = the share of "
+                    "that category's tokens the router sent to the expert (a row adds up to top-k). **Look for "
+                    "columns that are bright in one row only**: specialists. A calibration without that category "
+                    "scores them low and prunes them — which is why the calibration data matters.",
+                    elem_classes="muted")
+        spec_layer = gr.Radio([], label="Layer", elem_id="category-layer")
+        category_plot = gr.Plot(label="Experts by calibration category", show_label=False, elem_id="category-heatmap")
         with gr.Accordion("Do two criteria prune the same experts?", open=False):
             with gr.Row():
-                crit_a = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion A")
-                crit_b = gr.Dropdown(CRITERION_CHOICES, value="frequency", label="Criterion B")
-            compare_plot = gr.Plot(label="Experts pruned by both criteria, per layer")
+                crit_a = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion A", min_width=140)
+                crit_b = gr.Dropdown(CRITERION_CHOICES, value="frequency", label="Criterion B", min_width=140)
+            compare_plot = gr.Plot(label="Experts pruned by both criteria, per layer", show_label=False)
 
         gr.Markdown("## 4 · Compression")
-        with gr.Row():
+        with gr.Row(elem_classes="phone-stack"):
             ratio = gr.Slider(0.05, 0.95, value=0.25, step=0.05, label="Compression ratio (share of experts removed)",
                               info="A layer must keep at least top-k experts; the table says when a ratio goes too far",
-                              scale=3)
-            protect = gr.Checkbox(False, label="Protect super experts (outlier activations)", scale=1)
-        size_table = gr.Markdown()
+                              scale=3, min_width=200)
+            protect = gr.Checkbox(False, label="Protect super experts (outlier activations)", scale=1, min_width=160)
+        size_table = gr.Markdown(elem_classes="result", elem_id="size-table")
         prune_btn = gr.Button("Prune (masked view — instant)", variant="primary")
-        prune_status = gr.Markdown()
+        prune_status = gr.Markdown(elem_id="prune-status")
 
         gr.Markdown("## 5 · Chat — original vs pruned, one copy of the weights")
-        with gr.Row():
-            chat_orig = gr.Chatbot(label="Original — all experts", height=380,
-                                   placeholder="Prune (step 4), then send a message: this pane uses every expert")
-            chat_pruned = gr.Chatbot(label="Pruned", height=380,
-                                     placeholder="…and this one the pruned view, from the same weights")
+        with gr.Row():   # pane titles above the panes: a chatbot's own label floats over its messages
+            with gr.Column(min_width=280):
+                gr.Markdown("**Original** — all experts")
+                chat_orig = gr.Chatbot(label="Original — all experts", show_label=False, height=380,
+                                       elem_classes="chat-pane", elem_id="chat-original",
+                                       placeholder="Prune (step 4), then send a message: this pane uses every expert")
+            with gr.Column(min_width=280):
+                pruned_head = gr.Markdown("**Pruned** — prune in step 4", elem_id="pruned-head")
+                chat_pruned = gr.Chatbot(label="Pruned", show_label=False, height=380, elem_classes="chat-pane",
+                                         elem_id="chat-pruned",
+                                         placeholder="…and this one the pruned view, from the same weights")
         with gr.Row():
             prompt = gr.Textbox(label="Message (goes to both)", scale=4, autofocus=False)
             image = gr.Image(type="pil", label="Image (both panes)", visible=False, scale=1)
         with gr.Row():
-            send_btn = gr.Button("Send", variant="primary")
-            stop_btn = gr.Button("Stop")
-            clear_btn = gr.Button("Clear")
+            send_btn = gr.Button("Send", variant="primary", min_width=80)
+            stop_btn = gr.Button("Stop", min_width=80)
+            clear_btn = gr.Button("Clear", min_width=80)
         chat_status = gr.Markdown()
         with gr.Accordion("Generation settings", open=False):
             with gr.Row():
-                temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
-                max_new = gr.Slider(16, 1024, value=160, step=16, label="Max new tokens")
-                thinking = gr.Checkbox(False, label="Thinking (Gemma 4)")
-        gr.Examples(toy_examples() + GENERAL_EXAMPLES, inputs=prompt, label="Example prompts (toy model domains first)")
+                temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)", min_width=160)
+                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", min_width=160)
+                max_new = gr.Slider(16, 1024, value=160, step=16, label="Max new tokens", min_width=160)
+                thinking = gr.Checkbox(False, label="Thinking (Gemma 4)", min_width=160)
+        with gr.Column(visible=DEFAULT_MODEL == BUNDLED_MODEL) as toy_examples:
+            gr.Examples([e.prompt for e in EXAMPLES], inputs=prompt, example_labels=example_labels(),
+                        label="Example prompts the bundled model answers right (labels: what REAP pruning did to the "
+                              "answer, default calibration)")
+        toy_note = gr.Markdown("The bundled model " + KNOWS[3:] + " General prompts are hidden while it is loaded.",
+                               elem_classes="muted", visible=DEFAULT_MODEL == BUNDLED_MODEL)
+        with gr.Column(visible=DEFAULT_MODEL != BUNDLED_MODEL) as general_examples:
+            gr.Examples(GENERAL_EXAMPLES, inputs=prompt, label="Example prompts")
 
         gr.Markdown("## 6 · Evaluate — what does pruning cost?")
         gr.Markdown("**Fidelity**: on held-out prompts (never the calibration samples), how far the pruned model's "
@@ -642,30 +960,35 @@ def build_demo() -> gr.Blocks:
             sweep_criteria = gr.CheckboxGroup(CRITERION_CHOICES, value=list(DEFAULT_CRITERIA),
                                               label="Criteria to sweep", scale=3)
             metric = gr.Dropdown([(title, name) for name, (title, _) in METRICS.items()], value="kl",
-                                 label="Metric", scale=1)
+                                 label="Metric", scale=1, min_width=160)
         with gr.Row():
             sweep_btn = gr.Button("Run fidelity sweep", variant="primary", scale=3)
             eval_cancel = gr.Button("Cancel", scale=1)
-        fidelity_plot = gr.Plot(label="Fidelity vs compression ratio (the dotted line is the current ratio)")
-        fidelity_status = gr.Markdown()
+        fidelity_status = gr.Markdown(elem_classes="result", elem_id="fidelity-status")
+        fidelity_plot = gr.Plot(label="Fidelity vs compression ratio (the dashed line is the current ratio)",
+                                show_label=False, elem_id="fidelity-plot")
         with gr.Row():
-            quality_btn = gr.Button("Generation quality (current prune)")
-            tasks_btn = gr.Button("Task accuracy (current prune)")
-        quality_table = gr.Markdown()
-        tasks_table = gr.Markdown()
+            quality_btn = gr.Button("Generation quality (current prune)", min_width=160)
+            tasks_btn = gr.Button("Task accuracy (current prune)", min_width=160)
+        quality_table = gr.Markdown(elem_classes="result", elem_id="quality-table")
+        tasks_table = gr.Markdown(elem_classes="result", elem_id="tasks-table")
 
         gr.Markdown("## 7 · Export & push")
         gr.Markdown("The export slices the pruned experts out of the checkpoint (shard by shard, so a 52 GB model "
                     "never has to fit in memory), writes the model card, `reap_scores.json` and a recipe, "
                     "reloads the result and checks its logits against the pruned view before anything is "
                     "published.", elem_classes="muted")
+        with gr.Row(elem_classes="phone-stack"):
+            export_dir = gr.Textbox(label="Output folder (empty = a new exports/<model>-<criterion>-<percent>)",
+                                    scale=3, visible=not MODE.public)  # public: each session's own folder
+            replace_export = gr.Checkbox(False, label="Replace an earlier export in that folder", scale=1,
+                                         visible=not MODE.public, min_width=160)
         with gr.Row():
-            export_dir = gr.Textbox(label="Output folder (empty = exports/<model>-reap-<criterion>-<ratio>)", scale=3,
-                                    visible=not MODE.public)  # public: each session's own folder
-            export_btn = gr.Button("Export pruned checkpoint", variant="primary", scale=1)
-        export_status = gr.Markdown()
+            export_btn = gr.Button("Export pruned checkpoint", variant="primary", scale=3)
+            export_cancel = gr.Button("Cancel", scale=1)
+        export_status = gr.Markdown(elem_classes="result", elem_id="export-status")
         export_zip = gr.File(label="Download the exported folder (.zip)", visible=False, interactive=False)
-        with gr.Row():
+        with gr.Row(elem_classes="phone-stack"):
             if ON_SPACE:  # Gradio's local LoginButton refuses to start without a saved token: Spaces only
                 gr.LoginButton(scale=1)
             elif MODE.public:
@@ -673,52 +996,61 @@ def build_demo() -> gr.Blocks:
                             elem_classes="muted")
             else:
                 gr.Markdown("Locally the push uses the token saved by `hf auth login`.", elem_classes="muted")
-            repo_name = gr.Textbox(label="Hub repo (user/name, or name for your account)", scale=3)
-            private_repo = gr.Checkbox(True, label="Private", scale=1)
-            push_btn = gr.Button("Push to the Hub", scale=1)
-        push_status = gr.Markdown()
+            repo_name = gr.Textbox(label="Hub repo (user/name, or name for your account)", scale=3, min_width=200)
+            private_repo = gr.Checkbox(True, label="Private", scale=1, min_width=100)
+            push_btn = gr.Button("Push to the Hub", scale=1, min_width=120)
+        push_status = gr.Markdown(elem_id="push-status")
         gr.Markdown(MODE.footer(), elem_classes="muted", elem_id="server-mode")
 
         # --- events ---
         view_inputs = [criterion, ratio, protect, sort_experts, category, session]
-        view_outputs = [heatmap, size_table, category, prune_status]
+        view_outputs = [heatmap, size_table, category, prune_status, heat_caption]
         private = dict(api_visibility="private")
         compare = dict(fn=on_compare, inputs=[crit_a, crit_b, ratio, session], outputs=compare_plot, **private)
+        controls = dict(fn=on_model_controls, inputs=session,
+                        outputs=[thinking, toy_examples, general_examples, toy_note, use_precomputed], **private)
+        own_progress = dict(show_progress="hidden")   # these draw their own bar in their status
 
         def refresh_pickers(session):
             stats = session.stats
             layers = [f"L{i}" for i in stats.layer_indices] if stats else []
-            return gr.update(choices=layers, value=layers[0] if layers else None)
+            first = layers[0] if layers else None
+            return (gr.update(choices=layers, value=first), gr.update(choices=layers, value=first),
+                    on_category_view(first, session) if stats else gr.update())
+
+        pickers = dict(fn=refresh_pickers, inputs=session, outputs=[layer_pick, spec_layer, category_plot], **private)
 
         # loads have their own queue: a cached model loads at once, even while a calibration runs
         load_btn.click(on_load_model, [model_id, session], [model_info, session, categories, image],
-                       api_name="load_model", concurrency_limit=1, concurrency_id="load")
+                       api_name="load_model", concurrency_limit=1, concurrency_id="load").then(**controls)
         if DEFAULT_MODEL == BUNDLED_MODEL:  # small and local: ready to calibrate the moment the page opens
             demo.load(on_load_model, [model_id, session], [model_info, session, categories, image],
-                      api_visibility="private")
+                      api_visibility="private").then(**controls)
+
         def cancel_work(request: gr.Request):
             SIGNALS.stop(session_id(request), "work")
 
-        for button in (calib_cancel, eval_cancel):
+        for button in (calib_cancel, eval_cancel, export_cancel):
             button.click(cancel_work, None, None, **({"api_name": "cancel"} if button is calib_cancel else private))
-        calib_btn.click(on_calibrate, [categories, samples, hub_spec, upload, max_tokens, session],
+        calib_btn.click(on_calibrate, [categories, samples, hub_spec, upload, max_tokens, session, use_precomputed],
                         [calib_status, session, stats_file], api_name="calibrate", concurrency_limit=1,
-                        concurrency_id="model"
-                        ).then(on_view, view_inputs, view_outputs, api_name="view").then(
-            refresh_pickers, session, layer_pick, **private).then(**compare)
+                        concurrency_id="model", **own_progress
+                        ).then(on_view, view_inputs, view_outputs, api_name="view").then(**pickers).then(**compare)
         stats_upload.upload(on_upload_stats, [stats_upload, session], [calib_status, session],
                             api_name="upload_stats").then(on_view, view_inputs, view_outputs, **private).then(
-            refresh_pickers, session, layer_pick, **private).then(**compare)
+            **pickers).then(**compare)
         for control in (criterion, protect, sort_experts, category):
             control.change(on_view, view_inputs, view_outputs, show_progress="hidden", **private)
         ratio.change(on_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last", **private)
         expert_btn.click(on_expert, [layer_pick, expert_pick, session], expert_info, api_name="expert")
-        expert_pick.change(on_expert, [layer_pick, expert_pick, session], expert_info, **private)
-        layer_pick.change(on_category_view, [layer_pick, session], category_plot, **private).then(
-            on_expert, [layer_pick, expert_pick, session], expert_info, **private)
+        for control in (layer_pick, expert_pick):
+            control.input(on_expert, [layer_pick, expert_pick, session], expert_info, **private)
+        click_bridge.submit(on_heatmap_click, [click_bridge, session], [layer_pick, expert_pick, expert_info],
+                            show_progress="hidden", **private)
+        spec_layer.change(on_category_view, [spec_layer, session], category_plot, show_progress="hidden", **private)
         for control in (crit_a, crit_b, ratio):
             control.change(show_progress="hidden", **compare)
-        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session, chat_pruned],
+        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session, pruned_head],
                         api_name="prune")
         chat_inputs = [prompt, image, chat_orig, chat_pruned, temperature, top_p, max_new, thinking, session]
         chat_outputs = [chat_orig, chat_pruned, chat_status, prompt]
@@ -726,6 +1058,7 @@ def build_demo() -> gr.Blocks:
                               concurrency_limit=2, concurrency_id="chat")
         submit = prompt.submit(on_chat, chat_inputs, chat_outputs, concurrency_limit=2, concurrency_id="chat",
                                **private)
+
         def stop_chat(request: gr.Request):
             SIGNALS.stop(session_id(request), "chat")
 
@@ -736,18 +1069,20 @@ def build_demo() -> gr.Blocks:
         stop_btn.click(stop_chat, None, None, cancels=[send, submit], api_name="stop")
         clear_btn.click(clear_chat, None, [chat_orig, chat_pruned, chat_status], cancels=[send, submit],
                         api_name="clear")
-        sweep_btn.click(on_fidelity, [sweep_criteria, metric, ratio, session], [fidelity_status, fidelity_plot, session],
-                        api_name="fidelity", concurrency_limit=1, concurrency_id="model")
+        sweep_btn.click(on_fidelity, [sweep_criteria, metric, ratio, session, use_precomputed],
+                        [fidelity_status, fidelity_plot, session], api_name="fidelity", concurrency_limit=1,
+                        concurrency_id="model", **own_progress)
         for control in (metric, ratio):
             control.change(on_fidelity_redraw, [metric, ratio, session], fidelity_plot, show_progress="hidden",
                            **private)
-        quality_btn.click(on_generation_quality, session, [quality_table, session],
-                          api_name="generation_quality", concurrency_limit=1, concurrency_id="model")
-        tasks_btn.click(on_task_accuracy, session, [tasks_table, session],
-                        api_name="task_accuracy", concurrency_limit=1, concurrency_id="model")
-        export_btn.click(on_export, [export_dir, session], [export_status, session, export_zip], api_name="export",
-                         concurrency_limit=1, concurrency_id="model")
-        push_btn.click(on_push, [repo_name, private_repo, session], push_status, api_name="push", concurrency_limit=1)
+        quality_btn.click(on_generation_quality, [session, use_precomputed], [quality_table, session],
+                          api_name="generation_quality", concurrency_limit=1, concurrency_id="model", **own_progress)
+        tasks_btn.click(on_task_accuracy, [session, use_precomputed], [tasks_table, session],
+                        api_name="task_accuracy", concurrency_limit=1, concurrency_id="model", **own_progress)
+        export_btn.click(on_export, [export_dir, session, replace_export], [export_status, session, export_zip],
+                         api_name="export", concurrency_limit=1, concurrency_id="model", **own_progress)
+        push_btn.click(on_push, [repo_name, private_repo, session], push_status, api_name="push", concurrency_limit=1,
+                       **own_progress)
         demo.unload(on_session_end)
     return demo
 

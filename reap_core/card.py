@@ -309,9 +309,11 @@ def card_fields(inputs: CardInputs, recipe: dict) -> dict:
                  f"(transformers {recipe['versions'].get('transformers', '?')}, torch {recipe['versions'].get('torch', '?')})"],
     ]
     if verification.get("max_abs_diff") is not None:
+        tol = (f"{verification['tolerance']:.2e} = {verification['relative_tolerance']:.0e} × the largest |logit|"
+               if verification.get("relative_tolerance") is not None else f"{verification['tolerance']:.2e}")
         check = (f"Reloaded with the Auto classes and compared with the original model with the pruned experts "
                  f"masked out of the router, on {verification['prompts']} probe prompts: max |Δ logits| = "
-                 f"{verification['max_abs_diff']:.2e} ({verification['dtype']}, tolerance {verification['tolerance']:.1e}).")
+                 f"{verification['max_abs_diff']:.2e} ({verification['dtype']}, tolerance {tol}).")
     else:
         check = "The export was not verified against the original model (verification was turned off)."
     return {"repo_name": inputs.repo_name, "multimodal": inputs.is_multimodal, "r": recipe, "c": calib,

@@ -9,12 +9,19 @@ never the hour of calibration or evaluation before it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from .cli_checks import (check_output_dir, check_output_file, check_stats_fit_config, parse_ratios, positive_float,
                          positive_int)
 from .errors import OutputError, ReapError
+
+# Where outputs go when --out is not given: git-ignored folders of the working directory, so the
+# README's examples never leave untracked files at the top of a checkout.
+OUTPUTS = Path("outputs")
+EXPORTS = Path("exports")
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -35,13 +42,15 @@ def cmd_info(args) -> None:
     counts = count_params(config, adapter)
     size = size_at(counts, counts.num_experts, checkpoint_format(config))
     text = adapter.text_config(config)
-    print(f"model            {args.model}")
-    print(f"family           {adapter.layout.family} ({', '.join(config.architectures or ['?'])})")
-    print(f"layers           {adapter.num_layers(config)} ({counts.moe_layers} with MoE)")
-    print(f"experts / layer  {counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}")
-    print(f"hidden size      {text.hidden_size}")
-    for k, v in size.as_row().items():
-        print(f"{k.lower():<16} {v}")
+    rows = [("model", args.model),
+            ("family", f"{adapter.layout.family} ({', '.join(config.architectures or ['?'])})"),
+            ("layers", f"{adapter.num_layers(config)} ({counts.moe_layers} with MoE)"),
+            ("experts / layer", f"{counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}"),
+            ("hidden size", str(text.hidden_size))]
+    rows += [(k.lower(), str(v)) for k, v in size.as_row().items() if k.lower() not in ("experts per layer", "experts per token")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
 
 
 def cmd_plan(args) -> None:
@@ -59,29 +68,28 @@ def cmd_plan(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from tqdm import tqdm
-
     from .calibration import build_calibration
     from .model import load_model
     from .observer import observe
+    from .progress import TerminalProgress
     from .stats import stats_path
 
+    if args.out is None:
+        args.out = str(OUTPUTS / f"{Path(args.model.rstrip('/')).name}-stats.npz")
     check_output_file(str(stats_path(args.out)), "--out")   # '.npz' is appended as save() does
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
                               samples_per_category=args.samples_per_category)
     print(f"calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
           f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
-    bar = tqdm(total=len(calib.token_ids), unit="sample", file=sys.stderr)
+    bar = TerminalProgress("calibration", "tokens")
     start = time.perf_counter()
-
-    def progress(done: int, total: int, tokens: int) -> None:
-        bar.n = done
-        bar.set_postfix(tokens=tokens)
-        bar.refresh()
-
-    stats = observe(loaded, calib, batch_size=args.batch_size, progress=progress)
-    bar.close()
+    try:
+        stats = observe(loaded, calib, batch_size=args.batch_size,
+                        progress=lambda done, total, tokens: bar.update(tokens, calib.num_tokens,
+                                                                        f"sample {done} of {total}"))
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
     path = stats.save(args.out)
     print(f"observed {calib.num_tokens} tokens in {seconds:.1f} s ({calib.num_tokens / seconds:.0f} tokens/s); "
@@ -94,10 +102,12 @@ def cmd_prune(args) -> None:
     from .prune import save_pruned
     from .stats import ExpertStats
 
-    check_output_dir(args.out, "--out")
     stats = ExpertStats.load(args.stats)
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before loading gigabytes
+    if args.out is None:
+        args.out = str(default_out(OUTPUTS, args.model, plan))
+    check_output_dir(args.out, "--out")
     check_stats_fit_config(stats, args.model, args.trust_remote_code)
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
@@ -190,35 +200,42 @@ def cmd_eval(args) -> None:
         print(f"results written to {args.json}")
 
 
-def _progress_bar(desc: str):
-    """A progress(fraction, message) callback drawing a tqdm bar on stderr from its first call
-    (an early error prints no empty bar); call .close() at the end."""
-    from tqdm import tqdm
+def default_out(root: Path, model: str, plan) -> Path:
+    """<root>/<model>-<criterion>-<percent>, or -2, -3, … when taken (the app's export names)."""
+    base = root / f"{Path(model.rstrip('/')).name}-{plan.criterion}-{round(plan.compression_ratio * 100)}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
 
-    bars = []
+
+def _progress_bar(desc: str):
+    """A progress(fraction, message) callback on stderr (reap_core.progress: redrawn on a terminal,
+    a few lines when piped); call .close() at the end."""
+    from .progress import TerminalProgress
+
+    bar = TerminalProgress(desc, "%")
 
     def progress(fraction: float, message: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}"))
-        bars[0].n = int(1000 * min(max(fraction, 0.0), 1.0))
-        bars[0].set_postfix_str(message[:70])
-        bars[0].refresh()
+        bar.fraction(fraction, message[:70])
 
-    progress.close = lambda: bars and bars[0].close()
+    progress.close = bar.close
     return progress
 
 
 def cmd_export(args) -> None:
-    from .export import export_pruned, has_safetensors, source_folder
+    from .export import describe_verification, export_pruned, has_safetensors, source_folder
     from .model import load_model
     from .plan import make_plan
     from .sizing import human_bytes
     from .stats import ExpertStats
 
-    check_output_dir(args.out, "--out")
     stats = ExpertStats.load(args.stats)
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before reading gigabytes
+    if args.out is None:
+        args.out = str(default_out(EXPORTS, args.model, plan))
+    check_output_dir(args.out, "--out")
     check_stats_fit_config(stats, args.model, args.trust_remote_code)
     streaming = args.streaming
     if streaming is None:
@@ -235,8 +252,8 @@ def cmd_export(args) -> None:
                                max_shard_bytes=int(args.max_shard_gb * 1e9), progress=progress)
     finally:
         progress.close()
-    check = (f"max |delta logits| vs the masked original {result.max_abs_diff:.2e} "
-             f"(tolerance {result.tolerance:.1e})" if result.max_abs_diff is not None else "not verified (--no-verify)")
+    check = (describe_verification(result.verification) if result.max_abs_diff is not None
+             else "not verified (--no-verify)")
     print(f"pruned {plan.num_pruned} of {plan.num_experts} experts per layer with '{plan.criterion}' "
           f"({plan.num_kept} kept), {'streaming' if result.streaming else 'in memory'}; {check}")
     print(f"wrote {len(result.files)} files, {human_bytes(result.bytes)}, in {result.seconds:.1f} s to {result.path}")
@@ -276,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("calibrate", cmd_calibrate, "run calibration data through the model and save expert statistics")
     p.add_argument("--calibration", default="builtin",
                    help="builtin | builtin:cat1,cat2 | file.jsonl | file.txt | name[subset](split):N")
-    p.add_argument("--out", required=True, help="statistics file to write (.npz)")
+    p.add_argument("--out", help="statistics file to write (.npz; default outputs/<model>-stats.npz)")
     p.add_argument("--max-tokens", type=positive_int, default=512,
                    help="tokens per sample (longer samples are truncated)")
     p.add_argument("--samples-per-category", type=positive_int, default=None,
@@ -295,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prune", cmd_prune, "prune with saved statistics and write a loadable model folder")
     add_plan_arguments(p)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (default outputs/<model>-<criterion>-<percent>, a new name if taken)")
     p.add_argument("--dtype", default="auto")
     p = add("eval", cmd_eval, "task accuracy per domain, of the original or a masked prune")
     p.add_argument("--suite", default="auto",
@@ -313,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p = add("export", cmd_export, "prune with saved statistics and write a complete, verified folder to publish")
     add_plan_arguments(p)
-    p.add_argument("--out", required=True, help="output folder (replaced only once the new export is complete)")
+    p.add_argument("--out", help="output folder (default exports/<model>-<criterion>-<percent>, a new name if "
+                                 "taken; an earlier export named here is replaced only once the new one is complete)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
                       help="slice the source safetensors files shard by shard, ~constant memory "
@@ -339,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():   # piped or logged: no download / weight-loading bars (one line per redraw)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # read by both libraries at import
+        if "transformers" in sys.modules:                            # imported already (main() in-process)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     try:
         args.fn(args)
     except ReapError as exc:

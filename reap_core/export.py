@@ -355,13 +355,28 @@ def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
     finally:
         del model
         gc.collect()
-    tolerance = TOLERANCE.get(loaded.dtype, 2e-2) * scale
-    result = {"max_abs_diff": worst, "tolerance": tolerance, "dtype": str(loaded.dtype).replace("torch.", ""),
-              "prompts": len(prompts)}
+    relative = TOLERANCE.get(loaded.dtype, 2e-2)
+    tolerance = relative * scale
+    result = {"max_abs_diff": worst, "tolerance": tolerance, "relative_tolerance": relative, "logit_scale": scale,
+              "dtype": str(loaded.dtype).replace("torch.", ""), "prompts": len(prompts)}
     if not worst <= tolerance:
         raise ExportError(f"verification failed: the exported model's logits differ from the masked original by "
                           f"up to {worst:.3g} (tolerance {tolerance:.2g} in {result['dtype']}); nothing was written")
     return result
+
+
+def describe_verification(verification: dict | None) -> str:
+    """The one wording of the check, for the app, the CLI and the card: the measured difference, the
+    tolerance it was held to, and how that tolerance was made (relative x the largest |logit|)."""
+    if not verification or verification.get("max_abs_diff") is None:
+        return "not verified"
+    v = verification
+    how = ""
+    if v.get("relative_tolerance") is not None:
+        how = (f" = {v['relative_tolerance']:.0e} × the largest |logit| ({v['logit_scale']:.3g})"
+               if v.get("logit_scale", 1.0) > 1.0 else f" = {v['relative_tolerance']:.0e} (logits below 1)")
+    return (f"max |Δ logits| vs the masked original = {v['max_abs_diff']:.2e}, tolerance {v['tolerance']:.2e}{how}, "
+            f"{v.get('dtype', '?')}, {v.get('prompts', '?')} probe prompts")
 
 
 # --- 4. describe ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ _FORMATS = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
 def checkpoint_format(config: Any) -> str:
     """The dtype the checkpoint is stored in (config.json's dtype), which an export keeps."""
-    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "bfloat16")
+    dtype = str(getattr(config, "dtype", None) or "bfloat16")
     return _FORMATS.get(dtype.replace("torch.", ""), "BF16")
 
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .calibration import CalibrationSet
+from .demo import KNOWS
+from .eval_defaults import is_bundled
 from .model import LoadedModel, load_model
 from .observer import observe
 from .plan import PruningPlan
+from .saliency import get_criterion
 from .sizing import (ParamCounts, checkpoint_format, count_params, human_bytes, human_count, size_at,
                      sizes_for_ratio)
 from .stats import ExpertStats
@@ -142,7 +145,8 @@ def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> M
         ("Memory (weights)", human_bytes(loaded.memory_bytes())),
         ("Checkpoint", f"{fmt} safetensors, {human_bytes(size.bytes)}"),
     ] + ([("Image input", f"off — the processor could not be loaded ({loaded.processor_error})")]
-         if loaded.processor_error else []))
+         if loaded.processor_error else [])
+      + ([("What it knows", KNOWS)] if is_bundled(loaded) else []))
 
 
 def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> str:
@@ -158,4 +162,24 @@ def plan_summary(plan: PruningPlan) -> str:
     prot = sum(len(p) for p in plan.protected) if plan.protected else 0
     return (f"{plan.num_pruned} of {plan.num_experts} experts pruned in each of {len(plan.kept)} MoE layers "
             f"by **{plan.criterion}** at ratio {plan.compression_ratio:.0%}; {plan.num_kept} kept"
+            + (f"; {prot} super experts protected" if prot else ""))
+
+
+def calibration_line(stats: ExpertStats) -> str:
+    """'builtin:toy-* (80 samples, 4,622 tokens)': which data the statistics came from."""
+    cal = stats.calibration or {}
+    spec = cal.get("spec") or "uploaded statistics"
+    samples = cal.get("samples")
+    return f"{spec} ({f'{samples:,} samples, ' if samples else ''}{stats.num_tokens:,} tokens)"
+
+
+def plan_caption(plan: PruningPlan, stats: ExpertStats | None = None) -> str:
+    """What a result measured, in one line: 'REAP 75% — 8 of 32 experts kept per layer; scores from
+    all calibration categories of builtin:toy-* (80 samples, 4,622 tokens)'."""
+    scope = (f"scores from calibration category {', '.join(plan.categories)} only" if plan.categories
+             else "scores from all calibration categories")
+    prot = sum(len(p) for p in plan.protected) if plan.protected else 0
+    return (f"{get_criterion(plan.criterion).label} {plan.compression_ratio:.0%} — {plan.num_kept} of "
+            f"{plan.num_experts} experts kept per layer; {scope}"
+            + (f" of {calibration_line(stats)}" if stats is not None else "")
             + (f"; {prot} super experts protected" if prot else ""))

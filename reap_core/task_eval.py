@@ -100,13 +100,14 @@ class SuiteResult:
         }
 
     def format_table(self) -> str:
-        width = max([len(d) for d in self.per_domain] + [len("mean")])
-        lines = [f"{'domain':<{width}}  correct  accuracy"]
+        """Markdown, in the same shape as TaskReport's (one table format for every evaluation)."""
+        lines = ["| Domain | N | Correct | Accuracy |", "|---|---:|---:|---:|"]
         for d, (c, t) in self.per_domain.items():
-            lines.append(f"{d:<{width}}  {c:>3}/{t:<3}  {c / t if t else 0.0:8.1%}")
-        lines.append(f"{'mean':<{width}}  {'':7}  {self.mean_accuracy:8.1%}")
+            lines.append(f"| {d} | {t} | {c}/{t} | {c / t if t else 0.0:.1%} |")
+        lines.append(f"| **mean** (of domains) | {sum(t for _, t in self.per_domain.values())} | | "
+                     f"{self.mean_accuracy:.1%} |")
         if self.unfinished:
-            lines.append(f"{self.unfinished} answers ran out of tokens inside the reasoning channel (graded wrong)")
+            lines.append(f"\n{self.unfinished} answers ran out of tokens inside the reasoning channel (graded wrong)")
         return "\n".join(lines)
 
 

@@ -44,12 +44,21 @@ def saliency_heatmap(stats: ExpertStats, scores: np.ndarray, criterion: str, pla
     # float32 halves what every slider move sends to the browser
     custom = np.stack([expert_ids, take(scores), take(freq), take(reap), take(act)], axis=-1).astype(np.float32)
     label = get_criterion(criterion).label
+    # each statistic once, labelled: the criterion's own score, then the others it does not already show
+    lines = [f"{label} score: %{{customdata[1]:.4g}}"]
+    if criterion != "frequency":
+        lines.append("routed tokens: %{customdata[2]:.0f}")
+    if criterion != "reap":
+        lines.append("REAP: %{customdata[3]:.4g}")
+    if criterion != "max_activation":
+        lines.append("max |activation|: %{customdata[4]:.3g}")
     fig = go.Figure(go.Heatmap(
         z=take(rel), x=list(range(E)), y=_layer_labels(stats), colorscale=_HEAT, zmin=0, zmax=1,
-        customdata=custom, colorbar=dict(title="layer min → max", thickness=12),
-        hovertemplate=("layer %{y} · expert %{customdata[0]}<br>" + label + ": %{customdata[1]:.4g}"
-                       "<br>routed tokens: %{customdata[2]:.0f}<br>REAP: %{customdata[3]:.4g}"
-                       "<br>max |activation|: %{customdata[4]:.3g}<extra></extra>")))
+        customdata=custom, meta={"kind": "saliency"},
+        colorbar=dict(title=dict(text="score in layer<br>low → high", side="right"), thickness=10, tickvals=[0, 1],
+                      ticktext=["min", "max"]),
+        hovertemplate=("layer %{y} · expert %{customdata[0]}<br>" + "<br>".join(lines)
+                       + "<br><i>click to inspect</i><extra></extra>")))
     if plan is not None:
         pruned = plan.pruned_mask()
         pos = np.argsort(order, axis=1)  # where each expert sits on the x axis
@@ -58,26 +67,42 @@ def saliency_heatmap(stats: ExpertStats, scores: np.ndarray, criterion: str, pla
             x=pos[rows, cols], y=[f"L{stats.layer_indices[r]}" for r in rows], mode="markers",
             marker=dict(symbol="x-thin", size=7, line=dict(width=1.5, color="rgba(255,60,60,0.95)")),
             name=f"pruned ({plan.num_pruned} per layer)", hoverinfo="skip", showlegend=True))
-    where = f" — category {category}" if category else ""
     fig.update_layout(
-        title=f"{label} saliency{where}" + (" (each layer sorted by score)" if sort_experts else ""),
         xaxis_title="expert rank in layer" if sort_experts else "expert id", yaxis_title="layer",
-        xaxis=dict(range=[-0.5, E - 0.5]),
-        yaxis=dict(autorange="reversed"), height=max(320, 18 * L + 140), margin=dict(l=50, r=20, t=50, b=40),
-        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+        xaxis=dict(range=[-0.5, E - 0.5]), yaxis=dict(autorange="reversed"),
+        height=max(300, 18 * L + 120), margin=dict(l=45, r=10, t=30, b=40),
+        legend=dict(orientation="h", y=1.0, x=0, xanchor="left", yanchor="bottom"))
     return fig
 
 
+def saliency_caption(criterion: str, plan: PruningPlan | None, sort_experts: bool = False,
+                     category: str | None = None) -> str:
+    """What the heatmap shows, in words (the figure itself stays small enough for a phone)."""
+    label = get_criterion(criterion).label
+    scope = f"calibration category **{category}** only" if category else "all calibration categories"
+    cut = (f" **×** = the {plan.num_pruned} experts per layer that pruning at {plan.compression_ratio:.0%} "
+           f"removes ({plan.num_kept} of {plan.num_experts} kept)." if plan is not None else "")
+    order = " Each row is sorted by score (x = rank; hover names the expert)." if sort_experts else ""
+    return (f"**{label}** saliency from {scope}: colour = an expert's score between its layer's lowest and "
+            f"highest.{cut}{order} **Click a cell** to see where that expert fired.")
+
+
 def category_heatmap(stats: ExpertStats, layer_row: int) -> go.Figure:
-    """For one layer: categories x experts, colour = share of the category's tokens routed there."""
+    """For one layer: categories x experts, colour = share of the category's tokens routed there.
+    A row sums to top-k (every token goes to k experts)."""
     counts = stats.arrays["count"][:, layer_row, :]                         # [C, E]
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * stats.top_k
+    layer = f"L{stats.layer_indices[layer_row]}"
     fig = go.Figure(go.Heatmap(z=share, x=list(range(stats.num_experts)), y=stats.categories, colorscale="Magma",
-                               colorbar=dict(title="share of tokens", thickness=12),
-                               hovertemplate="%{y} · expert %{x}<br>%{z:.1%} of its tokens<extra></extra>"))
-    fig.update_layout(title=f"Which experts serve which category — layer {stats.layer_indices[layer_row]}",
-                      xaxis_title="expert id", height=max(280, 26 * len(stats.categories) + 120),
-                      margin=dict(l=140, r=20, t=50, b=40))
+                               meta={"kind": "category", "layer": layer}, zmin=0,
+                               colorbar=dict(title=dict(text="share of<br>its tokens", side="right"), thickness=10,
+                                             tickformat=".0%"),
+                               hovertemplate=(f"{layer} · expert %{{x}}<br>%{{y}}: %{{z:.1%}} of its tokens"
+                                              "<br><i>click to inspect</i><extra></extra>")))
+    fig.update_layout(xaxis_title=f"expert id (layer {layer})", xaxis=dict(range=[-0.5, stats.num_experts - 0.5]),
+                      yaxis=dict(autorange="reversed"), height=max(240, 26 * len(stats.categories) + 110),
+                      margin=dict(l=10, r=10, t=20, b=40))
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -87,16 +112,23 @@ def criteria_agreement(stats: ExpertStats, plan_a: PruningPlan, plan_b: PruningP
     same = [len(set(plan_a.pruned(r)) & set(plan_b.pruned(r))) for r in range(len(plan_a.kept))]
     chance = n * n / plan_a.num_experts
     la, lb = get_criterion(plan_a.criterion).label, get_criterion(plan_b.criterion).label
-    fig = go.Figure(go.Bar(x=_layer_labels(stats), y=same, name="pruned by both",
+    labels = _layer_labels(stats)
+    fig = go.Figure(go.Bar(x=labels, y=same, name="pruned by both",
                            hovertemplate="%{x}: %{y} of " + str(n) + " pruned experts in common<extra></extra>"))
-    fig.add_hline(y=n, line_dash="dot", annotation_text=f"all {n}", line_color="gray", annotation_position="top left")
-    fig.add_hline(y=chance, line_dash="dash", annotation_text=f"chance ≈ {chance:.1f}", line_color="firebrick",
-                  annotation_position="top left")
+    # reference levels as legend entries, not text on the bars (a label on a bar hides it)
+    fig.add_trace(go.Scatter(x=labels, y=[n] * len(labels), mode="lines", name=f"all {n}",
+                             line=dict(dash="dot", color="gray"), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=labels, y=[chance] * len(labels), mode="lines", name=f"chance ≈ {chance:.1f}",
+                             line=dict(dash="dash", color="firebrick"), hoverinfo="skip"))
     mean = float(np.mean(same)) if same else 0.0
-    fig.update_layout(title=f"{la} vs {lb}: {mean:.1f} of {n} pruned experts in common per layer (mean)",
-                      yaxis_title="experts pruned by both", yaxis=dict(range=[0, max(n, 1) * 1.08]),
-                      height=320, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(title=dict(text=f"{la} vs {lb}: {mean:.1f} of {n} in common per layer", font=dict(size=13)),
+                      yaxis_title="pruned by both", yaxis=dict(range=[0, max(n, 1) * 1.08]),
+                      height=320, margin=dict(l=50, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.15, x=0, xanchor="left", yanchor="top"))
     return fig
+
+
+SHORT_METRIC = {"kl": "KL, nats/token", "top1": "top-1 agreement", "ppl_ratio": "perplexity ratio"}
 
 
 def fidelity_figure(result: FidelityResult, metric: str = "kl", current_ratio: float | None = None) -> go.Figure:
@@ -112,15 +144,17 @@ def fidelity_figure(result: FidelityResult, metric: str = "kl", current_ratio: f
     fig.add_hline(y=baseline, line_dash="dot", line_color="gray")
     if current_ratio is not None:
         n_kept = result.num_experts - experts_to_prune(result.num_experts, current_ratio)
+        # the label sits at the bottom of the line: the legend lives at the top
         fig.add_vline(x=current_ratio, line_dash="dash", line_color="firebrick",
-                      annotation_text=f"current {current_ratio:.0%} ({n_kept} kept)", annotation_position="top")
+                      annotation_text=f"current {current_ratio:.0%} ({n_kept} kept)", annotation_position="bottom right",
+                      annotation_font=dict(size=11, color="firebrick"))
     h = result.heldout
     fig.update_layout(
-        title=f"Fidelity vs compression — {h.get('sequences')} held-out sequences, {h.get('scored_tokens')} "
-              f"scored tokens ({result.scored_label()})",
-        xaxis=dict(title="compression ratio (fraction of experts pruned per layer)", tickformat=".0%"),
-        yaxis_title=title, height=380, margin=dict(l=60, r=20, t=60, b=50),
-        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+        title=dict(text=f"Fidelity vs compression<br><sup>{h.get('sequences')} held-out sequences, "
+                        f"{h.get('scored_tokens')} scored tokens ({result.scored_label()})</sup>", font=dict(size=14)),
+        xaxis=dict(title="share of experts pruned per layer", tickformat=".0%"),
+        yaxis_title=SHORT_METRIC.get(metric, title), height=400, margin=dict(l=55, r=10, t=60, b=40),
+        legend=dict(orientation="h", y=-0.18, x=0, xanchor="left", yanchor="top"))
     if metric == "top1":
         fig.update_yaxes(range=[0, 1.02])
     return fig

@@ -35,9 +35,9 @@ class ServerMode:
 
     def footer(self) -> str:
         if self.public:
-            return (f"🔒 **Public mode** ({self.reason}): no server paths, exports stay in your session's own "
+            return (f"**Public mode** ({self.reason}): no server paths, exports stay in your session's own "
                     "folder (download the zip), and pushes use only your own Hugging Face sign-in.")
-        return (f"💻 **Local mode** ({self.reason}): server paths are allowed and pushes use the token saved by "
+        return (f"**Local mode** ({self.reason}): server paths are allowed and pushes use the token saved by "
                 "`hf auth login`. Set `REAP_STUDIO_PUBLIC=1` before sharing this server.")
 
 
@@ -108,11 +108,11 @@ class Workspace:
         return path
 
     def export_dir(self, session_id: str, model_id: str, criterion: str, ratio: float) -> Path:
-        """`<session>/exports/<model>-reap-<criterion>-<percent>-<tag>`: readable, and unique per session."""
+        """`<session>/exports/<model>-<criterion>-<percent>-<tag>`: readable, and unique per session."""
         name = Path((model_id or "model").rstrip("/")).name or "model"
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip(".-") or "model"
         return (self.session_dir(session_id) / "exports" /
-                f"{safe}-reap-{criterion}-{round(ratio * 100)}-{session_tag(session_id)[:6]}")
+                f"{safe}-{criterion}-{round(ratio * 100)}-{session_tag(session_id)[:6]}")
 
     def owns(self, session_id: str, path: str | Path) -> bool:
         """True if `path` lies inside this session's folder (what a push may upload in public mode)."""

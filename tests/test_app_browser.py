@@ -1,11 +1,17 @@
-"""The app in a real browser: Playwright (sync API) driving Debian's chromium through the whole flow.
+"""The app in a real browser: Playwright (sync API) driving Debian's chromium through the whole flow,
+asserting what a user sees, not only that calls succeed.
 
-page opens (bundled model auto-loaded) → choose toy categories, run calibration → heatmap →
-move the ratio slider with the keyboard → Prune → send one chat message → both panes answer.
+Desktop (1440×1000): page opens (bundled model auto-loaded) → a live calibration shows a visible
+progress bar whose text changes, then Cancel → the precomputed default calibration → heatmap →
+a clicked heatmap cell opens that expert in the inspector → the category × expert view is on
+the page with its caption → ratio slider → prune (with the category it used, and the out-of-date
+warning when the category changes) → chat with an example prompt → evaluate (captions name the
+plan measured) → export. Phone (390×844): the same steps, and nothing wider than the screen.
 
-A screenshot of every step goes to screenshots/ at the repo root (git-ignored): NN-step.png is
-the viewport around the part that changed, NN-step-full.png the whole page. Look at them after a
-UI change. Never runs `playwright install`: it uses /usr/bin/chromium or skips.
+A screenshot of every step goes to screenshots/ at the repo root (git-ignored):
+desktop-NN-step.png / phone-NN-step.png (viewport around the part that changed) and a full page
+at the end. Look at them after a UI change. Never runs `playwright install`: it uses
+/usr/bin/chromium or skips.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ SHOTS = ROOT / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
 RATIO_LABEL = "range slider for Compression ratio (share of experts removed)"
+VIEWPORTS = {"desktop": (1440, 1000), "phone": (390, 844)}
 
 
 @pytest.fixture(scope="module")
-def app():
-    with running_app(timeout=120) as a:
+def app(tmp_path_factory):
+    # exports land in a temporary folder, not in the checkout's exports/
+    with running_app(timeout=120, env={"REAP_STUDIO_EXPORTS": str(tmp_path_factory.mktemp("exports"))}) as a:
         yield a
 
 
@@ -48,45 +56,37 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    pg.page_errors = []
-    pg.on("pageerror", lambda exc: pg.page_errors.append(str(exc)))
-    yield pg
-    context.close()
+def open_page(browser, url: str, viewport: str):
+    w, h = VIEWPORTS[viewport]
+    context = browser.new_context(viewport={"width": w, "height": h}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.page_errors = []
+    page.on("pageerror", lambda exc: page.page_errors.append(str(exc)))
+    page.goto(url)
+    page.get_by_text("Experts per layer").first.wait_for()   # the bundled model loads with the page
+    return context, page
 
 
 class Shots:
-    def __init__(self, page):
-        self.page, self.n = page, 0
+    def __init__(self, page, prefix: str):
+        self.page, self.prefix, self.n = page, prefix, 0
         SHOTS.mkdir(exist_ok=True)
-        for old in SHOTS.glob("[0-9][0-9]-*.png"):
+        for old in SHOTS.glob(f"{prefix}-[0-9][0-9]-*.png"):
             old.unlink()
 
-    def __call__(self, name: str, focus=None) -> Path:
-        """Viewport screenshot centred on `focus` (a locator) plus a full-page one."""
+    def __call__(self, name: str, focus=None, full: bool = False) -> Path:
+        """Viewport screenshot centred on `focus` (a locator), or the whole page."""
         self.n += 1
-        stem = f"{self.n:02d}-{name}"
         if focus is not None:
-            focus.scroll_into_view_if_needed()
             focus.evaluate("e => e.scrollIntoView({block: 'center'})")
         time.sleep(0.3)  # let plotly / the chatbot finish painting
-        path = SHOTS / f"{stem}.png"
-        self.page.screenshot(path=path)
-        self.page.screenshot(path=SHOTS / f"{stem}-full.png", full_page=True)
+        path = SHOTS / f"{self.prefix}-{self.n:02d}-{name}.png"
+        self.page.screenshot(path=path, full_page=full)
         return path
 
 
-def pruned_marker_count(page) -> int:
-    """Red × markers of the saliency heatmap (one per pruned expert per layer)."""
-    heat = page.locator(".js-plotly-plot").first
-    return heat.locator(".scatterlayer .point").count()
-
-
-def wait_until(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+def wait_until(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -96,102 +96,229 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.3, what: str 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def pruned_marker_count(page) -> int:
+    """Red × markers of the saliency heatmap (one per pruned expert per layer)."""
+    return page.locator("#saliency-heatmap .scatterlayer .point").count()
+
+
 def bot_texts(page) -> list[str]:
     return [t.strip() for t in page.locator("[data-testid=bot]").all_inner_texts()]
 
 
-def test_click_through_flow(app, page):
-    shot = Shots(page)
-    expect = sync_api.expect
+def overflowing(page) -> dict:
+    """What sticks out of the screen: the page's own width, and every visible element of the app whose
+    box passes the viewport's edges without a scrolling box (overflow-x auto/scroll) around it — a
+    clipped label counts too (a box with overflow hidden whose content is wider than the box)."""
+    return page.evaluate("""() => {
+      const vw = window.innerWidth, out = [];
+      const inScroller = (el) => { for (let p = el.parentElement; p; p = p.parentElement) {
+          const o = getComputedStyle(p).overflowX; if (o === 'auto' || o === 'scroll') return true; } return false; };
+      const name = (el) => (el.id ? '#' + el.id : '') + '.' + String(el.className).slice(0, 40) + ' ' +
+                           (el.innerText || '').trim().slice(0, 40);
+      for (const el of document.querySelectorAll('.gradio-container *')) {
+        const r = el.getBoundingClientRect();
+        if (!r.width || !r.height || inScroller(el)) continue;
+        if (r.right > vw + 1 || r.left < -1) out.push('past the edge: ' + name(el));
+        if (el.matches('label, label *, [data-testid=block-info], .label-wrap *') && el.scrollWidth > el.clientWidth + 1
+            && getComputedStyle(el).overflowX !== 'visible') out.push('clipped: ' + name(el));
+      }
+      return {scrollWidth: document.documentElement.scrollWidth, innerWidth: vw, out: out.slice(0, 20)};
+    }""")
 
-    # 1. the page opens on the bundled model, already loaded (demo.load)
-    t0 = time.perf_counter()
-    page.goto(app.url)
-    card = page.get_by_text("Experts per layer").first
-    card.wait_for()
-    opened = time.perf_counter() - t0
-    expect(page.get_by_text("toy-gemma4-moe").first).to_be_visible()
-    shot("opened", page.get_by_role("heading", name="1 · Model"))
-    assert opened < 45, f"bundled model took {opened:.1f} s to appear"
 
-    # 2. calibration: two toy categories, 2 samples each, 64 tokens each
-    for name in ("toy-facts", "toy-tools", "toy-translation"):
-        page.get_by_label(name, exact=True).uncheck()
-    for name in ("toy-math", "toy-code"):
-        page.get_by_label(name, exact=True).check()
-        expect(page.get_by_label(name, exact=True)).to_be_checked()
-    page.get_by_label("Samples per category").fill("2")
-    max_tokens = page.get_by_label("number input for Max tokens per sample")
-    max_tokens.fill("64")
-    max_tokens.press("Enter")
-    run = page.get_by_role("button", name="Run calibration")
-    shot("calibration-setup", run)
-    run.click()
+def assert_fits(page, where: str) -> None:
+    o = overflowing(page)
+    assert o["scrollWidth"] <= o["innerWidth"], f"{where}: page is {o['scrollWidth']} px wide on a {o['innerWidth']} px screen"
+    assert not o["out"], f"{where}: {o['out']}"
 
-    # 3. the heatmap appears (calibrate -> view chain), 0.25 of 32 experts = 8 × per layer
-    status = page.get_by_text("Observed").first
-    status.wait_for()
-    assert re.search(r"Observed \d+ tokens", status.inner_text()), status.inner_text()
-    heat = page.locator(".js-plotly-plot").first
-    heat.wait_for()
+
+def click_heatmap_cell(page, layer_row: int, expert: int) -> None:
+    """Click the centre of heatmap cell (layer_row, expert), located with Plotly's own axis maps."""
+    heat = page.locator("#saliency-heatmap .js-plotly-plot")
+    heat.scroll_into_view_if_needed()
+    pos = heat.evaluate("""(gd, [row, e]) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return {x: xa._offset + xa.d2p(e), y: ya._offset + ya.d2p(row)}; }""", [layer_row, expert])
+    heat.click(position=pos)
+
+
+def precomputed_calibration(page) -> None:
+    page.get_by_label("Samples per category").fill("16")
+    precomputed = page.get_by_label(re.compile("Use precomputed results"))
+    precomputed.check()
+    page.get_by_role("button", name="Run calibration").click()
+    page.locator("#calib-status").get_by_text("Precomputed").wait_for()
     wait_until(lambda: pruned_marker_count(page) == 4 * 8, what="8 pruned markers in each of 4 layers")
-    expect(page.get_by_text("REAP saliency").first).to_be_visible()
-    shot("heatmap", heat)
 
-    # 4. move the ratio slider with the keyboard: 0.25 -> 0.50, heatmap and size table follow
-    slider = page.get_by_label(RATIO_LABEL)
-    slider.focus()
-    for _ in range(5):
-        slider.press("ArrowRight")
-    expect(slider).to_have_value("0.5")
-    page.get_by_text("Pruned (50%)").first.wait_for()
-    wait_until(lambda: pruned_marker_count(page) == 4 * 16, what="16 pruned markers per layer at ratio 0.5")
-    shot("ratio-slider", slider)
 
-    # a mistake on the way: chatting before pruning gives a ⚠️ message, no traceback, empty panes
-    message = page.get_by_label("Message (goes to both)")
-    message.fill("What is 2 + 3?")
-    page.get_by_role("button", name="Send", exact=True).click()
-    refusal = page.get_by_text("prune first").first
-    refusal.wait_for()
-    expect(page.locator("[data-testid=user]")).to_have_count(0)
-    shot("chat-before-prune", refusal)
+def test_desktop_flow(app, browser):
+    context, page = open_page(browser, app.url, "desktop")
+    shot = Shots(page, "desktop")
+    expect = sync_api.expect
+    try:
+        # 1. the bundled model's card says what it knows; thinking does not apply to it
+        card = page.locator("#model-card")
+        expect(card).to_contain_text("toy-gemma4-moe")
+        expect(card).to_contain_text("knows only five toy domains")
+        shot("opened", page.get_by_role("heading", name="1 · Model"))
 
-    # 5. prune
-    page.get_by_role("button", name=re.compile(r"^Prune")).click()
-    pruned_status = page.get_by_text("Pruned view active").first
-    pruned_status.wait_for()
-    assert "16 of 32" in pruned_status.inner_text()
-    shot("pruned", pruned_status)
+        # 2. a live calibration (all toy domains, 64 samples each) shows a visible, moving progress bar; Cancel stops it
+        precomputed = page.get_by_label(re.compile("Use precomputed results"))
+        expect(precomputed).to_be_checked()          # offered: the bundled model's pack matches its weights
+        precomputed.uncheck()
+        page.get_by_label("Samples per category").fill("64")
+        page.get_by_role("button", name="Run calibration").click()
+        bar = page.locator("#calib-status .reap-progress")
+        bar.wait_for(timeout=30_000)
+        box = page.locator("#calib-status .reap-progress-track").bounding_box()
+        assert box and box["width"] > 100 and box["height"] >= 8, f"progress bar not visible: {box}"
+        text = page.locator("#calib-status .reap-progress-text")
+        first = text.inner_text()
+        assert re.search(r"Calibration: [\d,]+ / [\d,]+ tokens .* elapsed · (about .* left|estimating time left)",
+                         first), first
+        shot("calibration-progress", bar)
+        wait_until(lambda: text.inner_text() != first, timeout=30, what="the progress text to change")
+        page.get_by_role("button", name="Cancel").first.click()
+        page.locator("#calib-status").get_by_text("calibration cancelled").wait_for()
+        shot("calibration-cancelled", page.locator("#calib-status"))
 
-    # 6. one chat message (32 new tokens, to keep the test short): both panes show it and stream an answer
-    page.get_by_text("Generation settings").click()
-    max_new = page.get_by_label("number input for Max new tokens")
-    max_new.fill("32")
-    max_new.press("Enter")
-    expect(page.get_by_label("range slider for Max new tokens")).to_have_value("32")
-    page.get_by_text("Generation settings").click()   # fold it again
-    page.get_by_label("Message (goes to both)").fill("What is 2 + 3?")
-    page.get_by_role("button", name="Send", exact=True).click()
-    expect(page.locator("[data-testid=user]")).to_have_count(2)
-    last: list[list[str]] = []
+        # 3. the default calibration comes precomputed, and says so; the heatmap follows (0.25 of 32 = 8 × per layer)
+        precomputed_calibration(page)
+        expect(page.locator("#calib-status")).to_contain_text("Observed 4,622 tokens")
+        shot("calibrated", page.locator("#calib-status"))
+        expect(page.locator("#heat-caption")).to_contain_text("Click a cell")
+        shot("heatmap", page.locator("#saliency-heatmap"))
 
-    def settled():  # both answers non-empty and unchanged for three polls in a row
-        texts = bot_texts(page)
-        last.append(texts)
-        return len(texts) == 2 and all(texts) and len(last) >= 3 and last[-1] == last[-2] == last[-3]
+        # 4. clicking a heatmap cell opens that expert in the inspector
+        click_heatmap_cell(page, 1, 5)
+        info = page.locator("#expert-info")
+        expect(info).to_contain_text("Expert 5, layer L1", timeout=30_000)
+        expect(info).to_contain_text("routed tokens")
+        shot("inspector-after-click", info)
 
-    wait_until(settled, timeout=120, interval=0.7, what="both chat panes to finish answering")
-    shot("chat", page.get_by_role("heading", name=re.compile("5 · Chat")))
+        # 5. the category × expert view is on the page (not in a closed panel), with what to look for
+        category_plot = page.locator("#category-heatmap .js-plotly-plot")
+        expect(category_plot).to_be_visible()
+        expect(page.get_by_text("Look for columns that are bright in one row only")).to_be_visible()
+        shot("category-view", category_plot)
 
-    # 7. extras for the screenshot review: the expert inspector and the criteria comparison
-    page.get_by_text("What does one expert do?").click()
-    page.get_by_role("button", name="Show its top tokens").click()
-    page.get_by_text(re.compile(r"Expert 0")).first.wait_for()
-    shot("expert-inspector", page.get_by_role("button", name="Show its top tokens"))
-    page.get_by_text("Do two criteria prune the same experts?").click()
-    time.sleep(1.0)
-    shot("criteria-compare", page.get_by_text("Do two criteria prune the same experts?"))
+        # 6. the ratio slider: 0.25 -> 0.50 with the keyboard; the size table says what Prune will use
+        slider = page.get_by_label(RATIO_LABEL)
+        slider.focus()
+        for _ in range(5):
+            slider.press("ArrowRight")
+        expect(slider).to_have_value("0.5")
+        expect(page.locator("#size-table")).to_contain_text("Pruned (50%)")
+        expect(page.locator("#size-table")).to_contain_text("Prune will use: REAP scores from all calibration categories")
+        wait_until(lambda: pruned_marker_count(page) == 4 * 16, what="16 pruned markers per layer at ratio 0.5")
+        shot("ratio-slider", page.locator("#size-table"))
 
-    assert not page.locator("[data-testid=toast-body]").count(), page.locator("[data-testid=toast-body]").all_inner_texts()
-    assert not page.page_errors, page.page_errors
+        # a mistake on the way: chatting before pruning gives an error message, no traceback, empty panes
+        message = page.get_by_label("Message (goes to both)")
+        message.fill("What is 2 + 3?")
+        page.get_by_role("button", name="Send", exact=True).click()
+        refusal = page.get_by_text("prune first").first
+        refusal.wait_for()
+        expect(page.locator("[data-testid=user]")).to_have_count(0)
+        message.fill("")
+
+        # 7. prune with one category: the status says so; changing the category makes it out of date
+        category = page.get_by_label("Score experts on calibration category")
+        category.click()
+        page.get_by_role("option", name="toy-code").click()
+        prune = page.get_by_role("button", name=re.compile(r"^Prune"))
+        prune.click()
+        status = page.locator("#prune-status")
+        expect(status).to_contain_text("Pruned using calibration category toy-code only")
+        expect(status).to_contain_text("16 of 32")
+        shot("pruned-one-category", status)
+        category.click()
+        page.get_by_role("option", name="all categories").click()
+        expect(status).to_contain_text("Out of date")
+        expect(status).to_contain_text("calibration category toy-code only → all calibration categories")
+        shot("out-of-date", status)
+        prune.click()
+        expect(status).to_contain_text("Scores from all calibration categories")
+        expect(page.locator("#pruned-head")).to_contain_text("16 of 32 experts per layer (REAP 50%)")
+
+        # 8. chat: an example prompt the bundled model answers right; the thinking box is off for it
+        page.get_by_text("Generation settings").click()
+        expect(page.get_by_label("Thinking (Gemma 4)")).to_be_disabled()
+        expect(page.get_by_text("not trained with a thinking channel")).to_be_visible()
+        page.get_by_text("Generation settings").click()
+        page.get_by_text(re.compile(r"^code: original right")).click()
+        expect(message).to_have_value(re.compile(r"compute_count\(a, b\)"))
+        page.get_by_role("button", name="Send", exact=True).click()
+        expect(page.locator("[data-testid=user]")).to_have_count(2)
+        last: list[list[str]] = []
+
+        def settled():  # both answers non-empty and unchanged for three polls in a row
+            texts = bot_texts(page)
+            last.append(texts)
+            return len(texts) == 2 and all(texts) and len(last) >= 3 and last[-1] == last[-2] == last[-3]
+
+        wait_until(settled, timeout=120, interval=0.7, what="both chat panes to finish answering")
+        original, pruned = bot_texts(page)
+        assert "def compute_count(a, b)" in original and "min(a, b)" in original, original
+        shot("chat", page.locator("#chat-original"))
+
+        # 9. evaluate: every result names what it measured
+        page.get_by_role("button", name="Run fidelity sweep").click()
+        fidelity = page.locator("#fidelity-status")
+        expect(fidelity).to_contain_text("Measured: 4 criteria", timeout=120_000)
+        expect(fidelity).to_contain_text("builtin:toy-* (80 samples, 4,622 tokens)")
+        expect(page.locator("#fidelity-plot .js-plotly-plot")).to_be_visible()
+        shot("fidelity", page.locator("#fidelity-plot"))
+        page.get_by_role("button", name="Generation quality (current prune)").click()
+        quality = page.locator("#quality-table")
+        expect(quality).to_contain_text("Measured: REAP 50% — 16 of 32 experts kept per layer", timeout=180_000)
+        expect(quality).to_contain_text("Loop: the answer repeats")          # loop and collapse defined in the app
+        shot("generation-quality", quality)
+        page.get_by_role("button", name="Task accuracy (current prune)").click()
+        tasks = page.locator("#tasks-table")
+        expect(tasks).to_contain_text("Measured: REAP 50% — 16 of 32 experts kept per layer", timeout=300_000)
+        shot("task-accuracy", tasks)
+
+        # 10. export: a name without the criterion twice, the tolerance explained
+        page.get_by_role("button", name="Export pruned checkpoint").click()
+        export = page.locator("#export-status")
+        expect(export).to_contain_text("Exported to", timeout=180_000)
+        expect(export).to_contain_text("toy-gemma4-moe-reap-50")
+        expect(export).not_to_contain_text("reap-reap")
+        expect(export).to_contain_text("× the largest |logit|")
+        shot("export", export)
+        shot("full-page", full=True)
+        assert_fits(page, "desktop")
+        assert not page.locator("[data-testid=toast-body]").count(), page.locator("[data-testid=toast-body]").all_inner_texts()
+        assert not page.page_errors, page.page_errors
+    finally:
+        context.close()
+
+
+def test_phone_width(app, browser):
+    """390 px: every step fits the screen (nothing past its edges, no clipped label)."""
+    context, page = open_page(browser, app.url, "phone")
+    shot = Shots(page, "phone")
+    try:
+        shot("opened")
+        assert_fits(page, "opened")
+        precomputed_calibration(page)
+        shot("heatmap", page.locator("#saliency-heatmap"))
+        click_heatmap_cell(page, 2, 7)
+        sync_api.expect(page.locator("#expert-info")).to_contain_text("Expert 7, layer L2", timeout=30_000)
+        shot("inspector", page.locator("#expert-info"))
+        shot("category-view", page.locator("#category-heatmap"))
+        page.get_by_role("button", name=re.compile(r"^Prune")).click()
+        page.locator("#prune-status").get_by_text("Pruned view active").wait_for()
+        shot("compression", page.locator("#size-table"))
+        page.get_by_role("button", name="Run fidelity sweep").click()
+        sync_api.expect(page.locator("#fidelity-status")).to_contain_text("Measured:", timeout=120_000)
+        shot("fidelity", page.locator("#fidelity-status"))
+        shot("fidelity-plot", page.locator("#fidelity-plot"))
+        page.get_by_role("button", name="Task accuracy (current prune)").click()
+        sync_api.expect(page.locator("#tasks-table")).to_contain_text("Measured:", timeout=300_000)
+        shot("task-accuracy", page.locator("#tasks-table"))
+        shot("full-page", full=True)
+        assert_fits(page, "after the evaluation")
+        assert not page.page_errors, page.page_errors
+    finally:
+        context.close()

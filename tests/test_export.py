@@ -360,7 +360,7 @@ def test_cli_export_and_push(exported, tmp_path, monkeypatch, capsys):
     assert main(["export", "--model", str(exported["src"]), "--stats", str(stats_file), "--ratio", "0.5",
                  "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "streaming" in out and "max |delta logits|" in out
+    assert "streaming" in out and "max |Δ logits|" in out and "tolerance" in out and "1e-05" in out
     ref = export_pruned(str(exported["src"]), exported["plan"], exported["stats"], tmp_path / "ref", verify=False)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (ref.path / "model.safetensors").read_bytes()
 

@@ -87,6 +87,40 @@ def test_cli_calibrate_then_prune(tiny_dir, calib_file, tmp_path):
     assert doc["criterion"] == "frequency" and len(doc["layers"][0]["kept"]) == 12
 
 
+def test_cli_info_columns_align(capsys, monkeypatch):
+    from transformers import PretrainedConfig
+
+    from reap_core.cli import main
+
+    # reading config.torch_dtype is what printed transformers' deprecation warning: it must not happen
+    monkeypatch.setattr(PretrainedConfig, "torch_dtype", property(lambda self: pytest.fail("config.torch_dtype read")))
+    assert main(["info", "--model", str(GEMMA4_26B_CONFIG_DIR)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    import re
+    columns = {re.match(r"^\S.*?\s{2,}(?=\S)", line).end() for line in lines}
+    assert len(lines) >= 9 and len(columns) == 1, lines   # every value starts in the same column
+    assert lines[0].split()[-1] == str(GEMMA4_26B_CONFIG_DIR) and "25.81B" in captured.out
+
+
+def test_cli_default_outputs_land_in_ignored_folders(tiny_dir, calib_file, tmp_path, monkeypatch, capsys):
+    """Without --out, files go under outputs/ (git-ignored), prune/export names never replace an earlier
+    one, and progress piped to a file is a few whole lines."""
+    monkeypatch.chdir(tmp_path)
+    status, errors, err = run_main(capsys, "calibrate", "--model", tiny_dir, "--calibration", calib_file,
+                                   "--max-tokens", "64", "--batch-size", "1")
+    assert status == 0, err
+    stats = tmp_path / "outputs" / f"{tiny_dir.name}-stats.npz"
+    assert stats.is_file()
+    assert "\r" not in err and len([line for line in err.splitlines() if line.startswith("calibration:")]) <= 12, err
+    for expected in ("reap-25", "reap-25-2"):
+        status, errors, err = run_main(capsys, "prune", "--model", tiny_dir, "--stats", stats, "--ratio", "0.25")
+        assert status == 0, err
+        assert (tmp_path / "outputs" / f"{tiny_dir.name}-{expected}" / "config.json").is_file()
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "/outputs/" in ignored and "/exports/" in ignored
+
+
 @pytest.mark.parametrize("args,message", [
     (["info", "--model", "/no/such/model"], "no such folder"),
     (["plan", "--model", "{fixture}", "--ratio", "1.0"], "between 0 and 1"),

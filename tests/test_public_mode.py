@@ -93,13 +93,13 @@ def visitor(space, signed_in: bool = False) -> Client:
 
 
 def warning(status: str, *needles: str) -> None:
-    assert isinstance(status, str) and status.startswith("⚠️"), f"expected a ⚠️ status, got {status!r}"
+    assert isinstance(status, str) and status.startswith("**Error:**"), f"expected an error status, got {status!r}"
     for needle in needles:
         assert needle.lower() in status.lower(), f"{needle!r} not in {status!r}"
 
 
 def ok(status: str) -> None:
-    assert isinstance(status, str) and status.startswith("✅"), f"expected a ✅ status, got {status!r}"
+    assert isinstance(status, str) and status.startswith("**Done:**"), f"expected a done status, got {status!r}"
 
 
 def ready(c: Client, ratio: float = 0.25) -> None:
@@ -173,9 +173,11 @@ def test_a_second_export_replaces_the_sessions_first(space, work):
     ready(c, 0.25)
     ok(export(c)[0])
     ok(c.predict("frequency", 0.5, False, "all categories", api_name="/prune")[0])
-    ok(export(c)[0])
+    status = export(c)[0]
+    ok(status)
+    assert "replaces this session's earlier export" in status    # said, not silent
     exports = [p.name for p in (session_folder(work, c) / "exports").iterdir()]
-    assert len(exports) == 1 and "-reap-frequency-50-" in exports[0], exports   # bounded: one per session
+    assert len(exports) == 1 and "-frequency-50-" in exports[0] and "reap-frequency" not in exports[0], exports   # bounded: one per session
     zips = list((session_folder(work, c) / "zip").iterdir())
     assert len(zips) == 1 and "-frequency-50-" in zips[0].name
 

@@ -37,7 +37,7 @@ def test_session_folders_are_separate_and_named_without_the_session_id(tmp_path)
     assert a != b and a.parent == b.parent == tmp_path / "work" / "sessions"
     assert "session-a" not in str(a)
     target = ws.export_dir("session-a", "org/My Model!", "reap", 0.25)
-    assert target.is_relative_to(a) and target.name.startswith("My-Model-reap-reap-25-")
+    assert target.is_relative_to(a) and target.name.startswith("My-Model-reap-25-")
     assert ws.owns("session-a", target) and not ws.owns("session-b", target)
     assert not ws.owns("session-a", tmp_path / "elsewhere")
     assert not ws.owns("session-a", a / ".." / session_tag("session-b"))   # no escaping with ..
