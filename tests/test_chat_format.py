@@ -227,6 +227,22 @@ def test_image_chat_generates(image_chat):
     assert out and len(out[-1]) == 1
 
 
+def test_image_chat_both_panes_in_one_batch_equal_each_alone(image_chat):
+    """The image goes to both panes; conversations of different lengths are left padded around it."""
+    import numpy as np
+    from reap_core.plan import plan_from_scores
+    loaded, image = image_chat
+    scores = np.random.default_rng(0).random((len(loaded.moe_layer_indices), loaded.num_experts))
+    plan = plan_from_scores(scores, 0.5, loaded.top_k, loaded.moe_layer_indices)
+    convs = [[{"role": "user", "content": "describe"}],
+             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
+              {"role": "user", "content": "describe"}]]
+    settings = GenerationSettings(max_new_tokens=6)
+    alone = [list(stream_variants(loaded, [c], [p], settings, image=image))[-1][0] for c, p in zip(convs, [None, plan])]
+    both = list(stream_variants(loaded, convs, [None, plan], settings, image=image))[-1]
+    assert both == alone
+
+
 # --- prompt length ------------------------------------------------------------------------------
 
 def test_prompt_over_the_token_limit_is_a_clear_error(gemma_tok):
