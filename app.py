@@ -771,9 +771,13 @@ CSS = """
 /* long code answers wrap in the chat panes instead of scrolling sideways */
 .chat-pane pre, .chat-pane code {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word}
 #heatmap-click {display: none}
+.model-card th:first-child, .model-card td:first-child {white-space: nowrap}
+.model-card td:last-child {overflow-wrap: anywhere}
 @media (max-width: 640px) {
-  .phone-stack > * {min-width: 100% !important; flex-basis: 100% !important}
-  .result table {font-size: 0.85em}
+  /* gradio groups neighbouring inputs of a row into one .form: stack inside it too */
+  .phone-stack > *, .phone-stack > .form > * {min-width: 100% !important; flex-basis: 100% !important}
+  .phone-stack > .form {flex-wrap: wrap !important}
+  .result table, .model-card table {font-size: 0.85em}
   .result th, .result td {padding: 4px 6px !important}
 }
 """
@@ -904,7 +908,8 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 crit_a = gr.Dropdown(CRITERION_CHOICES, value="reap", label="Criterion A", min_width=140)
                 crit_b = gr.Dropdown(CRITERION_CHOICES, value="frequency", label="Criterion B", min_width=140)
-            compare_plot = gr.Plot(label="Experts pruned by both criteria, per layer", show_label=False)
+            compare_plot = gr.Plot(label="Experts pruned by both criteria, per layer", show_label=False,
+                                   elem_id="compare-plot")
 
         gr.Markdown("## 4 · Compression")
         with gr.Row(elem_classes="phone-stack"):

@@ -46,6 +46,8 @@ class ProgressState:
         return min(max(self.done / self.total, 0.0), 1.0) if self.total else 0.0
 
     def counts(self) -> str:
+        if not self.total:
+            return "starting"
         if self.unit == "%":
             return f"{self.fraction:.0%}"
         return f"{self.done:,.0f} / {self.total:,.0f} {self.unit}"
@@ -56,7 +58,7 @@ class ProgressState:
 
     def line(self) -> str:
         """'Calibration: 558 / 9,320 tokens (6%) · 12 s elapsed · about 3 min 10 s left — detail'."""
-        pct = "" if self.unit == "%" else f" ({self.fraction:.0%})"
+        pct = "" if self.unit == "%" or not self.total else f" ({self.fraction:.0%})"
         return (f"{self.what}: {self.counts()}{pct} · {self.timing()}" + (f" — {self.detail}" if self.detail else ""))
 
 

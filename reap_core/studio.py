@@ -123,10 +123,12 @@ class StatsCache:
 @dataclass(frozen=True)
 class ModelCard:
     rows: list[tuple[str, str]]
+    note: str = ""          # one line under the table (what the bundled model knows)
 
     def markdown(self) -> str:
         (k0, v0), rest = self.rows[0], self.rows[1:]   # first row as the header: no empty header line
-        return f"| {k0} | {v0} |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rest)
+        table = f"| {k0} | {v0} |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rest)
+        return table + (f"\n\n{self.note}" if self.note else "")
 
 
 def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> ModelCard:
@@ -145,8 +147,8 @@ def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> M
         ("Memory (weights)", human_bytes(loaded.memory_bytes())),
         ("Checkpoint", f"{fmt} safetensors, {human_bytes(size.bytes)}"),
     ] + ([("Image input", f"off — the processor could not be loaded ({loaded.processor_error})")]
-         if loaded.processor_error else [])
-      + ([("What it knows", KNOWS)] if is_bundled(loaded) else []))
+         if loaded.processor_error else []),
+        note=f"**What it knows:** {KNOWS}" if is_bundled(loaded) else "")
 
 
 def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> str:

@@ -175,8 +175,8 @@ def test_desktop_flow(app, browser):
         first = text.inner_text()
         assert re.search(r"Calibration: [\d,]+ / [\d,]+ tokens .* elapsed · (about .* left|estimating time left)",
                          first), first
-        shot("calibration-progress", bar)
         wait_until(lambda: text.inner_text() != first, timeout=30, what="the progress text to change")
+        shot("calibration-progress", bar)
         page.get_by_role("button", name="Cancel").first.click()
         page.locator("#calib-status").get_by_text("calibration cancelled").wait_for()
         shot("calibration-cancelled", page.locator("#calib-status"))
@@ -200,6 +200,10 @@ def test_desktop_flow(app, browser):
         expect(category_plot).to_be_visible()
         expect(page.get_by_text("Look for columns that are bright in one row only")).to_be_visible()
         shot("category-view", category_plot)
+        page.get_by_text("Do two criteria prune the same experts?").click()
+        compare = page.locator("#compare-plot .js-plotly-plot")
+        expect(compare.locator(".legend")).to_contain_text("chance")     # a legend entry, not text on a bar
+        shot("criteria-compare", compare)
 
         # 6. the ratio slider: 0.25 -> 0.50 with the keyboard; the size table says what Prune will use
         slider = page.get_by_label(RATIO_LABEL)
@@ -301,6 +305,15 @@ def test_phone_width(app, browser):
     try:
         shot("opened")
         assert_fits(page, "opened")
+        page.get_by_label(re.compile("Use precomputed results")).uncheck()
+        page.get_by_label("Samples per category").fill("64")
+        page.get_by_role("button", name="Run calibration").click()
+        bar = page.locator("#calib-status .reap-progress")
+        bar.wait_for(timeout=30_000)
+        shot("calibration-progress", bar)
+        assert_fits(page, "during the calibration")
+        page.get_by_role("button", name="Cancel").first.click()
+        page.locator("#calib-status").get_by_text("calibration cancelled").wait_for()
         precomputed_calibration(page)
         shot("heatmap", page.locator("#saliency-heatmap"))
         click_heatmap_cell(page, 2, 7)
@@ -310,6 +323,12 @@ def test_phone_width(app, browser):
         page.get_by_role("button", name=re.compile(r"^Prune")).click()
         page.locator("#prune-status").get_by_text("Pruned view active").wait_for()
         shot("compression", page.locator("#size-table"))
+        page.get_by_text(re.compile(r"^translation: original right")).click()
+        page.get_by_role("button", name="Send", exact=True).click()
+        wait_until(lambda: len(bot_texts(page)) == 2 and all(bot_texts(page)), timeout=120, what="both answers")
+        time.sleep(2)
+        shot("chat", page.locator("#chat-original"))
+        assert_fits(page, "after a chat")
         page.get_by_role("button", name="Run fidelity sweep").click()
         sync_api.expect(page.locator("#fidelity-status")).to_contain_text("Measured:", timeout=120_000)
         shot("fidelity", page.locator("#fidelity-status"))
@@ -317,6 +336,12 @@ def test_phone_width(app, browser):
         page.get_by_role("button", name="Task accuracy (current prune)").click()
         sync_api.expect(page.locator("#tasks-table")).to_contain_text("Measured:", timeout=300_000)
         shot("task-accuracy", page.locator("#tasks-table"))
+        page.get_by_role("button", name="Generation quality (current prune)").click()
+        sync_api.expect(page.locator("#quality-table")).to_contain_text("Measured:", timeout=300_000)
+        shot("generation-quality", page.locator("#quality-table"))
+        page.get_by_role("button", name="Export pruned checkpoint").click()
+        sync_api.expect(page.locator("#export-status")).to_contain_text("Exported to", timeout=180_000)
+        shot("export", page.locator("#export-status"))
         shot("full-page", full=True)
         assert_fits(page, "after the evaluation")
         assert not page.page_errors, page.page_errors
