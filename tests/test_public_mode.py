@@ -93,7 +93,8 @@ def visitor(space, signed_in: bool = False) -> Client:
 
 
 def warning(status: str, *needles: str) -> None:
-    assert isinstance(status, str) and status.startswith("**Error:**"), f"expected an error status, got {status!r}"
+    assert isinstance(status, str) and status.startswith(("**Error:**", "**Stopped:**")), \
+        f"expected an error status, got {status!r}"
     for needle in needles:
         assert needle.lower() in status.lower(), f"{needle!r} not in {status!r}"
 
