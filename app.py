@@ -772,6 +772,7 @@ CSS = """
 .chat-pane pre, .chat-pane code {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word}
 #heatmap-click {display: none}
 .model-card th:first-child, .model-card td:first-child {white-space: nowrap}
+#size-table th, #size-table td {white-space: normal}   /* three short columns: wrap, never hide "Pruned" */
 .model-card td:last-child {overflow-wrap: anywhere}
 @media (max-width: 640px) {
   /* gradio groups neighbouring inputs of a row into one .form: stack inside it too */

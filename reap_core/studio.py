@@ -163,7 +163,7 @@ def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> s
 def plan_summary(plan: PruningPlan) -> str:
     prot = sum(len(p) for p in plan.protected) if plan.protected else 0
     return (f"{plan.num_pruned} of {plan.num_experts} experts pruned in each of {len(plan.kept)} MoE layers "
-            f"by **{plan.criterion}** at ratio {plan.compression_ratio:.0%}; {plan.num_kept} kept"
+            f"by **{get_criterion(plan.criterion).label}** at ratio {plan.compression_ratio:.0%}; {plan.num_kept} kept"
             + (f"; {prot} super experts protected" if prot else ""))
 
 
