@@ -353,8 +353,8 @@ def stale_notice(current: PruningPlan | None, criterion, ratio, protect, categor
         changes.append("super-expert protection " + ("on" if protect else "off"))
     if not changes:
         return None
-    return ("**Out of date:** chat and evaluation still use the last prune (" + plan_summary(current) + "). Changed since: "
-            + "; ".join(changes) + ". Press **Prune** to apply.")
+    return (f"**Out of date:** chat and evaluation still use the last prune ({plan_summary(current)}). "
+            f"Changed since: {'; '.join(changes)}. Press **Prune** to apply.")
 
 
 def on_view(criterion, ratio, protect, sort_experts, category, session: Session):
@@ -572,7 +572,8 @@ def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool
     caption = sweep_caption(result, stats, "" if source == "precomputed" else source)
     yield (ok(f"Swept {len(result.ratios)} ratios × {len(result.criteria)} criteria.") + " " + caption
            + (precomputed_note() if source == "precomputed" else "")
-           + "\n\n" + result.format_table(metric), fidelity_figure(result, metric, ratio), replace(session, evals=evals))
+           + "\n\n" + result.format_table(metric),
+           fidelity_figure(result, metric, ratio), replace(session, evals=evals))
 
 
 def on_fidelity_redraw(metric, ratio, session: Session):
@@ -712,8 +713,9 @@ def on_export(out_dir: str, session: Session, replace_earlier: bool = False, req
     WORK.sweep(keep=sid)
     check = describe_verification(result.verification) if result.max_abs_diff is not None else "not verified"
     where = f"`{result.path.name}` (this session's folder)" if MODE.public else f"`{result.path}`"
+    verdict = "verified" if result.max_abs_diff is not None else "check"
     yield (ok(f"Exported to {where} — {plan_caption(plan)}; {len(result.files)} files, {result.bytes / 1e6:.1f} MB, "
-              f"{result.seconds:.1f} s; {'verified' if result.max_abs_diff is not None else 'check'}: {check}.{earlier}"),
+              f"{result.seconds:.1f} s; {verdict}: {check}.{earlier}"),
            replace(session, export=ExportRecord(str(result.path), result.max_abs_diff is not None,
                                                 plan_summary(plan))), archive)
 

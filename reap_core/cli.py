@@ -45,9 +45,11 @@ def cmd_info(args) -> None:
     rows = [("model", args.model),
             ("family", f"{adapter.layout.family} ({', '.join(config.architectures or ['?'])})"),
             ("layers", f"{adapter.num_layers(config)} ({counts.moe_layers} with MoE)"),
-            ("experts / layer", f"{counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}"),
+            ("experts / layer",
+             f"{counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}"),
             ("hidden size", str(text.hidden_size))]
-    rows += [(k.lower(), str(v)) for k, v in size.as_row().items() if k.lower() not in ("experts per layer", "experts per token")]
+    said = ("experts per layer", "experts per token")          # in the 'experts / layer' line already
+    rows += [(k.lower(), str(v)) for k, v in size.as_row().items() if k.lower() not in said]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -59,7 +59,8 @@ class ProgressState:
     def line(self) -> str:
         """'Calibration: 558 / 9,320 tokens (6%) · 12 s elapsed · about 3 min 10 s left — detail'."""
         pct = "" if self.unit == "%" or not self.total else f" ({self.fraction:.0%})"
-        return (f"{self.what}: {self.counts()}{pct} · {self.timing()}" + (f" — {self.detail}" if self.detail else ""))
+        detail = f" — {self.detail}" if self.detail else ""
+        return f"{self.what}: {self.counts()}{pct} · {self.timing()}{detail}"
 
 
 class ProgressClock:

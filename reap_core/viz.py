@@ -121,8 +121,8 @@ def criteria_agreement(stats: ExpertStats, plan_a: PruningPlan, plan_b: PruningP
     fig.add_trace(go.Scatter(x=labels, y=[chance] * len(labels), mode="lines", name=f"chance ≈ {chance:.1f}",
                              line=dict(dash="dash", color="firebrick"), hoverinfo="skip"))
     mean = float(np.mean(same)) if same else 0.0
-    fig.update_layout(title=dict(text=f"{la} vs {lb} at {plan_a.compression_ratio:.0%}: {mean:.1f} of {n} pruned experts "
-                                           f"in common per layer", font=dict(size=13)),
+    title = f"{la} vs {lb} at {plan_a.compression_ratio:.0%}: {mean:.1f} of {n} pruned experts in common per layer"
+    fig.update_layout(title=dict(text=title, font=dict(size=13)),
                       yaxis_title="pruned by both", yaxis=dict(range=[0, max(n, 1) * 1.08]),
                       height=320, margin=dict(l=50, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.15, x=0, xanchor="left", yanchor="top"))
