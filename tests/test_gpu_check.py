@@ -23,7 +23,7 @@ def test_gpu_check_runs_tiny_on_cpu_without_ui_packages(tmp_path):
         assert heading in run.stdout
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu"
-    assert len(figures["observer"]) == 6 and all(v["ms"] > 0 for v in figures["observer"].values())
+    assert len(figures["observer"]) == 7 and all(v["ms"] > 0 for v in figures["observer"].values())
     assert figures["chat"]["batched_over_separate"] > 0
     assert figures["export"]["written_bytes"] < figures["export"]["source_bytes"]      # 20% of experts dropped
     assert not list(tmp_path.glob("reap-export-bench-*"))                             # cleaned up
