@@ -2,8 +2,8 @@
 
 All variants generate in ONE batched `generate` call: row i of the batch is conversation i,
 left padded, under plans[i] by a per-row router mask (`masking.masked_rows`). The panes share
-one copy of the weights, never see each other's mask, and cost about one generation, not one
-each (benchmarks/app_latency.py (c)). Greedy rows equal each variant generated alone, token for
+one copy of the weights, never see each other's mask, and a step of the batch costs far less than
+two steps (benchmarks/chat_throughput.py). Greedy rows equal each variant generated alone, token for
 token. The generation runs in one worker thread; its new tokens arrive on a queue and the caller
 gets the full decoded text of every variant after each step.
 
@@ -140,10 +140,11 @@ def left_pad_batch(encodings: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def end_token_ids(loaded: LoadedModel) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
+def end_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a model's turn: its generation config's, else the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-    return ids or ({loaded.tokenizer.eos_token_id} - {None})
+    return ids or ({tokenizer.eos_token_id} - {None})
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -168,7 +169,7 @@ def stream_variants(loaded: LoadedModel, conversations: list[list[dict]], plans:
         raise ValueError("one conversation per variant")
     encodings = [build_inputs(loaded, c, image=image, thinking=settings.thinking, max_prompt_tokens=max_prompt_tokens)
                  for c in conversations]                       # refuses a long conversation before any work
-    end_ids = end_token_ids(loaded)
+    end_ids = end_token_ids(loaded.model, loaded.tokenizer)
     pad_id = loaded.tokenizer.pad_token_id
     pad_id = min(end_ids) if pad_id is None else pad_id
     batch = left_pad_batch(encodings, pad_id)

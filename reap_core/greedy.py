@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .chat import THOUGHT_CLOSE, THOUGHT_OPEN, split_reasoning
+from .chat import THOUGHT_CLOSE, THOUGHT_OPEN, end_token_ids, split_reasoning
 
 Progress = Callable[[int, int], None]   # (done, total)
 
@@ -50,8 +50,7 @@ def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_t
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
                for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    eos_ids = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     pad_text = tokenizer.decode([pad], skip_special_tokens=False) if tokenizer.pad_token_id is not None else None
     device = model.get_input_embeddings().weight.device

@@ -21,6 +21,30 @@ from reap_core.tiny import build_tiny_model, char_tokenizer  # noqa: E402
 GEMMA4_26B_CONFIG_DIR = ROOT / "tests" / "fixtures" / "gemma-4-26b-a4b-config"
 
 
+def run_at_once(work: dict, repeats: int) -> dict:
+    """Run every work item `repeats` times, each item in its own thread, all starting together
+    (a barrier); {key: [results]}. An exception in any thread fails the calling test."""
+    import threading
+
+    results, errors = {key: [] for key in work}, []
+    barrier = threading.Barrier(len(work))
+
+    def worker(key):
+        try:
+            barrier.wait()
+            results[key] = [work[key]() for _ in range(repeats)]
+        except Exception as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return char_tokenizer()

@@ -1,10 +1,9 @@
 """Per-row masks: one batch in which every row has its own plan equals each row run alone."""
 
-import threading
-
 import pytest
 import torch
 
+from conftest import run_at_once
 from reap_core.chat import GenerationSettings, build_inputs, left_pad_batch, stream_variants
 from reap_core.errors import InvalidPlan
 from reap_core.masking import masked_rows, masked_view
@@ -82,7 +81,7 @@ def test_a_pane_that_ends_early_stops_at_its_own_end_token(tiny, plans):
     import queue
 
     from reap_core import chat
-    eos = chat.end_token_ids(tiny)
+    eos = chat.end_token_ids(tiny.model, tiny.tokenizer)
     streamer_steps = []
     q = queue.Queue()
     s = chat._QueueStreamer(q, eos)
@@ -100,22 +99,7 @@ def test_two_sessions_batching_at_once_never_cross(tiny, plans):
     jobs = {"a": ([CONVERSATIONS[0], CONVERSATIONS[2]], [None, plans[1]]),
             "b": ([CONVERSATIONS[1], CONVERSATIONS[0]], [plans[2], plans[1]])}
     alone = {k: final_texts(tiny, c, p, settings) for k, (c, p) in jobs.items()}
-    results, errors = {k: [] for k in jobs}, []
-    barrier = threading.Barrier(len(jobs))
-
-    def session(key):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[key].append(final_texts(tiny, *jobs[key], settings))
-        except Exception as exc:  # pragma: no cover - surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=session, args=(k,)) for k in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = run_at_once({k: (lambda c=c, p=p: final_texts(tiny, c, p, settings)) for k, (c, p) in jobs.items()},
+                          repeats=3)
     for key, runs in results.items():
         assert runs == [alone[key]] * 3, key

@@ -1,12 +1,11 @@
 """Selection arithmetic, the masked view (== physical slicing), and thread isolation of masks."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import run_at_once
 from reap_core.errors import InvalidPlan
 from reap_core.masking import masked_view
 from reap_core.observer import observe
@@ -198,22 +197,7 @@ def test_two_threads_with_different_masks_do_not_interfere(tiny, calib):
 
     alone = {k: run(p) for k, p in plans.items()}
     assert not torch.equal(alone["a"][1], alone["b"][1])
-    results, errors = {}, []
-    barrier = threading.Barrier(len(plans))
-
-    def worker(key):
-        try:
-            barrier.wait()
-            results[key] = [run(plans[key]) for _ in range(4)]
-        except Exception as exc:  # pragma: no cover - surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = run_at_once({k: (lambda p=p: run(p)) for k, p in plans.items()}, repeats=4)
     for key, runs in results.items():
         for gen, logits in runs:
             assert torch.equal(gen, alone[key][0]), key
