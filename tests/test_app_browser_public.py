@@ -10,10 +10,9 @@ import re
 
 import pytest
 
-from test_app_browser import SHOTS, browser, sync_api  # noqa: F401  (skips without chromium; browser is a fixture)
+from test_app_browser import SHOTS, VIEWPORTS, browser, open_page, sync_api  # noqa: F401  (skips without chromium; browser is a fixture)
 from app_server import running_app  # noqa: E402
 
-VIEWPORTS = {"desktop": (1440, 1000), "phone": (390, 844)}
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +23,10 @@ def public_app(tmp_path_factory):
         yield a
 
 
-def open_page(browser, url: str, size: tuple[int, int]):
-    context = browser.new_context(viewport={"width": size[0], "height": size[1]}, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.page_errors = []
-    page.on("pageerror", lambda exc: page.page_errors.append(str(exc)))
-    page.goto(url)
-    page.get_by_text("Experts per layer").first.wait_for()   # the bundled model loads with the page
-    return context, page
-
-
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
 def test_public_page_shows_its_mode_and_offers_no_server_paths(public_app, browser, viewport):
     SHOTS.mkdir(exist_ok=True)
-    context, page = open_page(browser, public_app.url, VIEWPORTS[viewport])
+    context, page = open_page(browser, public_app.url, viewport)
     try:
         footer = page.locator("#server-mode")
         footer.scroll_into_view_if_needed()
@@ -54,7 +42,7 @@ def test_public_page_shows_its_mode_and_offers_no_server_paths(public_app, brows
 
 
 def test_public_export_is_a_zip_of_the_sessions_own_folder(public_app, browser):
-    context, page = open_page(browser, public_app.url, VIEWPORTS["desktop"])
+    context, page = open_page(browser, public_app.url, "desktop")
     try:
         for name in ("toy-code", "toy-facts", "toy-tools", "toy-translation"):
             page.get_by_label(name, exact=True).uncheck()
