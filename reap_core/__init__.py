@@ -3,7 +3,8 @@
 Flow (one module per stage, data objects between them):
   model.load_model -> calibration.build_calibration -> observer.observe (ExpertStats)
   -> saliency.compute_scores -> plan.make_plan (PruningPlan)
-  -> masking.masked_view (chat.stream_variants; fidelity, generation_quality, task_eval) |
+  -> masking.masked_view / masked_rows (chat.stream_variants, fidelity: per-row plans in one batch;
+     generation_quality, task_eval) |
      export.export_pruned -> hub.push_folder
 """
 
