@@ -192,8 +192,9 @@ smaller pool. Sizes are computed from the config (parameters x bytes per paramet
    were run through the original model once, recording for each expert the tokens routed to it, its gate and
    the norm of its output.
 2. Saliency: each expert got the score `{{ r.criterion }}` ({{ r.criterion_definition }}).
-3. Pruning: the lowest-scoring experts of every layer were removed: their router rows, per-expert scales and
-   weights are sliced out of the checkpoint, and `num_experts` in config.json is updated.
+3. Pruning: the lowest-scoring experts of every layer were removed: their router rows and every per-expert
+   tensor (weights, and scales or biases where the family has them) are sliced out of the checkpoint, and
+   the expert count in config.json is updated.
 4. Verification: {{ check }}
 
 ### Calibration data

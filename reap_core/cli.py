@@ -46,7 +46,7 @@ def cmd_info(args) -> None:
             ("family", f"{adapter.layout.family} ({', '.join(config.architectures or ['?'])})"),
             ("layers", f"{adapter.num_layers(config)} ({counts.moe_layers} with MoE)"),
             ("experts / layer",
-             f"{counts.num_experts}, top-{counts.top_k} per token, width {text.moe_intermediate_size}"),
+             f"{counts.num_experts}, top-{counts.top_k} per token, width {adapter.expert_width(config)}"),
             ("hidden size", str(text.hidden_size))]
     said = ("experts per layer", "experts per token")          # in the 'experts / layer' line already
     rows += [(k.lower(), str(v)) for k, v in size.as_row().items() if k.lower() not in said]

@@ -133,13 +133,12 @@ class ModelCard:
 
 def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> ModelCard:
     size = size_at(counts, counts.num_experts, fmt)
-    text = loaded.adapter.text_config(loaded.config)
     arch = ", ".join(getattr(loaded.config, "architectures", None) or [type(loaded.model).__name__])
     return ModelCard([
         ("Model", f"`{loaded.model_id}`"),
         ("Architecture", f"{arch} ({loaded.adapter.layout.family}{', vision tower kept' if loaded.is_multimodal else ''})"),
         ("Layers", f"{loaded.num_layers} ({counts.moe_layers} with MoE)"),
-        ("Experts per layer", f"{counts.num_experts} (width {text.moe_intermediate_size})"),
+        ("Experts per layer", f"{counts.num_experts} (width {loaded.adapter.expert_width(loaded.config)})"),
         ("Experts per token (top-k)", str(counts.top_k)),
         ("Total parameters", human_count(size.total_params)),
         ("Active parameters / token", human_count(size.active_params)),

@@ -11,14 +11,21 @@ L layers, S = T*K routed (token, expert) pairs.
 
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from ..errors import UnsupportedModel
+from .kernels import KERNELS, loop_experts_forward, observer_kernel_name
+
+SORTED_IMPLEMENTATION = "reap_sorted"      # the CPU loop, registered as a transformers experts implementation
+ALL_EXPERTS_FUNCTIONS.register(SORTED_IMPLEMENTATION, loop_experts_forward)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class MoELayout:
     experts_module: str                   # module holding the fused expert weights
     num_experts_key: str                  # config key counting experts per layer
     top_k_key: str                        # config key for experts per token
+    expert_width_key: str                 # config key for one expert's intermediate width (I)
     text_config_attr: str | None          # sub-config holding the keys above, if multimodal
     non_text_prefixes: tuple[str, ...]    # parameter prefixes outside the language model (vision, audio)
     gate_definition: str                  # what "gate" means for this family, for docs and recipes
@@ -94,11 +102,17 @@ class MoEAdapter:
     def num_layers(self, config: Any) -> int:
         return int(self.text_config(config).num_hidden_layers)
 
+    def expert_width(self, config: Any) -> int:
+        return int(getattr(self.text_config(config), self.layout.expert_width_key))
+
     def set_num_experts(self, config: Any, n: int) -> None:
         setattr(self.text_config(config), self.layout.num_experts_key, int(n))
 
     def prepare(self, model: nn.Module) -> None:
-        """Called once after loading: pick the fastest kernels for the device, etc."""
+        """Called once after loading: on CPU the per-expert loop is faster than torch's grouped_mm for
+        prompts and calibration (benchmarks/observer_overhead.py); on GPUs transformers' default stays."""
+        if next(model.parameters()).device.type == "cpu":
+            model.set_experts_implementation(SORTED_IMPLEMENTATION)
 
     # --- modules ------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
@@ -140,7 +154,10 @@ class MoEAdapter:
         self.after_slice(layer, len(kept))
 
     def after_slice(self, layer: nn.Module, n_kept: int) -> None:
-        """Update per-module counters that the family keeps beside the tensors."""
+        """Update the counters kept beside the tensors. transformers' fused experts modules loop over
+        `num_experts`: left stale, grouped_mm fails on the sliced tensors and the eager path silently
+        indexes experts that are gone."""
+        self.experts(layer).num_experts = n_kept
 
     def checkpoint_expert_keys(self, layer_idx: int) -> dict[str, int]:
         """Checkpoint keys of layer `layer_idx` that hold experts, with their expert axis.
@@ -160,8 +177,40 @@ class MoEAdapter:
     def observing(self, model: nn.Module, record: Callable[..., None]) -> Iterator[None]:
         """Within the block, every MoE forward in this thread calls
         record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S])
-        for the routed pairs only (||f_j(x)||_2 and max |f_j(x)|), with the model's outputs unchanged."""
-        raise NotImplementedError
+        for the routed pairs only (||f_j(x)||_2 and max |f_j(x)|), with the model's outputs unchanged.
+
+        The experts' forward is replaced per instance, once, by a dispatcher that runs the routed-only
+        kernel (kernels.py) for the modules this thread observes and the model's own implementation
+        for everyone else; the gate is what the router hands the experts module (`top_k_weights`)."""
+        layers = self.moe_layers(model)
+        for _, layer in layers:
+            experts = self.experts(layer)
+            if not getattr(experts, "_reap_dispatch_installed", False):
+                experts.forward = types.MethodType(_dispatching_forward, experts)
+                experts._reap_dispatch_installed = True
+        current = dict(_OBSERVERS.get() or {})
+        current.update({self.experts(layer): (idx, record) for idx, layer in layers})
+        token = _OBSERVERS.set(current)
+        try:
+            yield
+        finally:
+            _OBSERVERS.reset(token)
+
+
+# experts module -> (layer index, record callback); per thread / per task, never global.
+_OBSERVERS: ContextVar[dict[nn.Module, tuple[int, Callable[..., None]]] | None] = ContextVar(
+    "reap_observers", default=None)
+
+
+def _dispatching_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                         top_k_weights: torch.Tensor) -> torch.Tensor:
+    observers = _OBSERVERS.get()
+    entry = observers.get(self) if observers else None
+    if entry is None:  # not observed in this thread: the model's own implementation, untouched
+        return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
+    layer, record = entry
+    kernel = KERNELS[observer_kernel_name(self.down_proj.device, self.down_proj.dtype)]
+    return kernel(self, hidden_states, top_k_index, top_k_weights, layer, record)
 
 
 def _positive_int(value: Any) -> bool:
