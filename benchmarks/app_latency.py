@@ -126,7 +126,7 @@ def bench_view(calls: int) -> None:
     from reap_core.studio import compression_table
     from reap_core.viz import saliency_heatmap
 
-    print(f"\n(b) slider: app.on_view, 30 layers × 128 experts, top-8, 4 categories   [goal ≤ 100 ms]")
+    print("\n(b) slider: app.on_view, 30 layers × 128 experts, top-8, 4 categories   [goal ≤ 100 ms]")
     print(f"    conditions: {conditions()}; in-process, median of {calls} calls after 2 warm-ups; "
           f"parameter counts from {GEMMA4_26B_CONFIG_DIR.relative_to(ROOT)} (meta device)")
     t0 = time.perf_counter()
