@@ -13,10 +13,11 @@ Two kernels, chosen per device by measurement (benchmarks/observer_overhead.py, 
            fastest on CPU for calibration-sized inputs (torch's CPU grouped_mm is 1.3-1.5x slower
            there); one host sync per layer for the per-expert counts. Below LOOP_MIN_PAIRS pairs
            (decoding: one token per batch row) it hands over to `grouped`, whose op count does not
-           grow with the number of experts hit — a batch of two chat panes then costs about one.
+           grow with the number of experts hit, so a second chat pane in the batch adds little.
   grouped  pairs sorted by expert, then torch's grouped matmul over all experts at once (what
            transformers' default `grouped_mm` runs on GPUs), in chunks of pairs that bound the
-           transient [pairs, H] buffer; no host sync at all: for GPUs.
+           intermediate [pairs, 2I] activations (the [T*K, H] float32 output is as large as the one
+           transformers' default allocates); no host sync at all: for GPUs.
 Rejected: the reference implementation's every-expert-on-every-token (~(1 + E/K)x the MoE cost, an
 E*T*H buffer); `batched_mm` for long inputs (copies one weight matrix per routed pair: out of memory).
 """
