@@ -1,9 +1,10 @@
 """Stage 6a — the masked view: PruningPlans applied to a loaded model per call, without copying it.
 
-Pruned experts get a router logit of -inf before the softmax, so they get probability 0, are
-never in the top-k, and the renormalised weights equal those of the sliced model (measured:
-max |delta logits| ~1e-6 in float32, same greedy tokens). One copy of the weights therefore
-serves the original and the pruned chat panes and every slider position.
+Pruned experts are taken out of what the router's selection sees (a -inf logit before a softmax;
+a -inf selection score where a bias takes part in the choice: adapters/routing.py), so they are
+never in the top-k and the weights equal those of the sliced model (measured for every family:
+max |delta logits| ~1e-6 in float32, same greedy tokens; tests/test_families.py). One copy of the
+weights therefore serves the original and the pruned chat panes and every slider position.
 
 Two forms:
   masked_view(loaded, plan)        every row of every batch under one plan (None = original)
@@ -12,6 +13,8 @@ Two forms:
 
 Per-row masks are [R, E]; the router sees hidden states flattened row-major to [R*T, E] logits,
 so token n belongs to row n // T and the mask is expanded over each row's tokens.
+Group-limited routing (DeepSeek-V3): plans prune the same number of experts in every group, so a
+group's score (its two best) is the sliced model's.
 
 The masks live in a ContextVar, never on the model: each thread (and asyncio task) sees only
 the masks it set, so two sessions at different ratios can generate on one model object at once.
@@ -36,23 +39,21 @@ from .plan import PruningPlan
 
 @dataclass(frozen=True)
 class _Masks:
-    per_router: dict[nn.Module, torch.Tensor]   # router-logits module -> bool [E] or [R, E], True = pruned
+    per_router: dict[nn.Module, torch.Tensor]   # adapter.mask_target -> bool [E] or [R, E], True = pruned
     rows: int | None                            # R for per-row masks, None for one mask for every row
 
 
 _ACTIVE_MASKS: ContextVar[_Masks | None] = ContextVar("reap_active_masks", default=None)   # this thread / task
 
 
-def _mask_logits_hook(module: nn.Module, inputs, output: torch.Tensor):
+def _lookup(module: nn.Module, n_tokens: int) -> torch.Tensor | None:
+    """The mask this thread set for `module`: [E] for every token, or [N, E] with the per-row masks
+    expanded over each row's tokens (the router sees the batch flattened row-major); None = no mask."""
     active = _ACTIVE_MASKS.get()
     mask = active.per_router.get(module) if active else None
-    if mask is None:
-        return None
-    mask = mask.to(output.device)
-    if active.rows is None:
-        return output.masked_fill(mask, float("-inf"))
-    per_row = output.reshape(active.rows, -1, mask.shape[-1])               # [R, T, E], rows row-major
-    return per_row.masked_fill(mask[:, None, :], float("-inf")).reshape(output.shape)
+    if mask is None or active.rows is None:
+        return mask
+    return mask.repeat_interleave(n_tokens // active.rows, dim=0)
 
 
 def _check_rows_hook(module: nn.Module, args, kwargs) -> None:
@@ -70,15 +71,13 @@ def _check_rows_hook(module: nn.Module, args, kwargs) -> None:
 
 
 def ensure_mask_hooks(loaded: LoadedModel) -> None:
-    """Install the (pass-through unless a mask is active) hooks once per router and once on the model."""
+    """Install the (pass-through unless a mask is active) routing masks once per layer, and the row
+    check once on the model; how a layer is masked is its family's business (adapter.install_masking)."""
     if not getattr(loaded.model, "_reap_rows_hook", False):
         loaded.model.register_forward_pre_hook(_check_rows_hook, with_kwargs=True)
         loaded.model._reap_rows_hook = True
     for _, layer in loaded.adapter.moe_layers(loaded.model):
-        router = loaded.adapter.router_logits(layer)
-        if not getattr(router, "_reap_mask_hook", False):
-            router.register_forward_hook(_mask_logits_hook)
-            router._reap_mask_hook = True
+        loaded.adapter.install_masking(layer, _lookup)
 
 
 def check_plan_fits(loaded: LoadedModel, plan: PruningPlan) -> None:
@@ -99,10 +98,10 @@ def _router_masks(loaded: LoadedModel, plans: Sequence[PruningPlan | None], per_
     pruned = [p.pruned_mask() if p is not None else None for p in plans]     # each [L, E] or None
     masks = {}
     for layer_row, (_, layer) in enumerate(loaded.adapter.moe_layers(loaded.model)):
-        router = loaded.adapter.router_logits(layer)
+        target = loaded.adapter.mask_target(layer)
         rows = [torch.as_tensor(m[layer_row]) if m is not None else torch.zeros(E, dtype=torch.bool) for m in pruned]
         mask = torch.stack(rows) if per_row else rows[0]
-        masks[router] = mask.to(router.weight.device)
+        masks[target] = mask.to(target.weight.device)
     return _Masks(masks, len(plans) if per_row else None)
 
 

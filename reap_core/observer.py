@@ -143,4 +143,5 @@ def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
         calibration=dict(spec=calib.spec, fingerprint=calib.fingerprint(), max_tokens=calib.max_tokens,
                          samples=len(calib.token_ids), tokens=calib.num_tokens, truncated=calib.truncated,
                          summary=calib.summary),
-        top_tokens=_snippets(acc, calib, loaded.tokenizer) if top_tokens_per_expert else None)
+        top_tokens=_snippets(acc, calib, loaded.tokenizer) if top_tokens_per_expert else None,
+        expert_groups=(adapter.expert_groups(loaded.config), adapter.groups_chosen(loaded.config)))

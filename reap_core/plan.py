@@ -5,8 +5,12 @@ calibration it came from). The masked view, the exporter and the recipe file all
 same object, so what you chat with is exactly what you export.
 
 Selection: n_prune = floor(E * ratio) lowest-scoring experts in every layer (E=128: 0.20 -> 103
-kept, 0.30 -> 90 kept); the same count everywhere, because transformers and vLLM load Gemma 4
+kept, 0.30 -> 90 kept); the same count everywhere, because transformers and vLLM load every family
 with one expert count for all layers. Ties go to the lower expert id (stable sort).
+Group-limited routing (DeepSeek-V3: 8 groups, a token picks from 4): n_prune is rounded down to a
+multiple of the groups and each group loses the same number (its lowest), so the sliced model
+still has equal groups; each group must keep 2 (a group's score is its two best) and the groups a
+token may pick must still hold top_k experts.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ def experts_to_prune(num_experts: int, ratio: float) -> int:
     return math.floor(round(num_experts * ratio, 9))
 
 
-def check_ratio(ratio: float, num_experts: int, top_k: int) -> int:
-    """Number of experts to prune per layer; InvalidPlan if the ratio is unusable."""
+def check_ratio(ratio: float, num_experts: int, top_k: int, groups: tuple[int, int] = (1, 1)) -> int:
+    """Number of experts to prune per layer; InvalidPlan if the ratio is unusable.
+    `groups`: (groups, groups chosen per token) of group-limited routing."""
     try:
         ratio = float(ratio)
     except (TypeError, ValueError):
@@ -36,6 +41,16 @@ def check_ratio(ratio: float, num_experts: int, top_k: int) -> int:
     if not (0.0 < ratio < 1.0) or math.isnan(ratio):
         raise InvalidPlan(f"compression ratio must be between 0 and 1 (exclusive), got {ratio}")
     n_prune = experts_to_prune(num_experts, ratio)
+    n_groups, chosen = groups
+    if n_groups > 1:
+        n_prune -= n_prune % n_groups
+        per_group = (num_experts - n_prune) // n_groups
+        if n_prune == 0:
+            raise InvalidPlan(f"ratio {ratio:g} prunes fewer than one expert per group ({n_groups} groups of "
+                              f"{num_experts // n_groups}); use a ratio >= {n_groups / num_experts:.3f}")
+        if per_group < 2 or per_group * chosen < top_k:
+            raise InvalidPlan(f"ratio {ratio:g} keeps {per_group} experts in each of {n_groups} groups; the router "
+                              f"needs 2 per group and {top_k} in the {chosen} groups a token picks from")
     if num_experts - n_prune < top_k:
         max_ratio = (num_experts - top_k) / num_experts
         raise InvalidPlan(f"ratio {ratio:g} keeps {num_experts - n_prune} of {num_experts} experts per layer, "
@@ -100,11 +115,13 @@ class PruningPlan:
 
 
 def plan_from_scores(scores: np.ndarray, ratio: float, top_k: int, layer_indices: list[int],
-                     criterion: str = "custom", protected: np.ndarray | None = None, **meta) -> PruningPlan:
-    """Prune the floor(E*ratio) lowest scores of every layer; `protected` [L, E] are never pruned."""
+                     criterion: str = "custom", protected: np.ndarray | None = None,
+                     groups: tuple[int, int] = (1, 1), **meta) -> PruningPlan:
+    """Prune the floor(E*ratio) lowest scores of every layer (the same number in every group of a
+    group-limited router); `protected` [L, E] are never pruned."""
     scores = np.asarray(scores, dtype=np.float64)
     num_layers, num_experts = scores.shape
-    n_prune = check_ratio(ratio, num_experts, top_k)
+    n_prune = check_ratio(ratio, num_experts, top_k, groups)
     n_keep = num_experts - n_prune
     ranked = scores.copy()
     if protected is not None:
@@ -115,9 +132,16 @@ def plan_from_scores(scores: np.ndarray, ratio: float, top_k: int, layer_indices
                               f"more than the {n_keep} this ratio keeps; lower the ratio or turn protection off")
         ranked[protected] = np.inf
     kept, prot = [], []
+    size = num_experts // groups[0]
     for row in range(num_layers):
-        order = np.argsort(ranked[row], kind="stable")           # ascending: pruned first
-        kept.append(tuple(sorted(int(e) for e in order[n_prune:])))
+        keep = []
+        for start in range(0, num_experts, size):                 # one group (all experts without groups)
+            if protected is not None and protected[row, start:start + size].sum() > size - n_prune // groups[0]:
+                raise InvalidPlan(f"layer {layer_indices[row]}: a group of {size} experts has more protected super "
+                                  f"experts than this ratio keeps in it; lower the ratio or turn protection off")
+            order = np.argsort(ranked[row, start:start + size], kind="stable")   # ascending: pruned first
+            keep += [start + int(e) for e in order[n_prune // groups[0]:]]
+        kept.append(tuple(sorted(keep)))
         prot.append(tuple(int(e) for e in np.flatnonzero(protected[row])) if protected is not None else ())
     return PruningPlan(criterion=criterion, compression_ratio=float(ratio), num_experts=num_experts, top_k=top_k,
                        layer_indices=tuple(int(i) for i in layer_indices), kept=tuple(kept),
@@ -128,11 +152,11 @@ def make_plan(stats: ExpertStats, ratio: float, criterion: str = "reap", protect
               super_expert_factor: float = 10.0, categories: list[str] | None = None, seed: int = 0) -> PruningPlan:
     """The plan the CLI's `prune` and the app's Prune button both use."""
     get_criterion(criterion)
-    check_ratio(ratio, stats.num_experts, stats.top_k)
+    check_ratio(ratio, stats.num_experts, stats.top_k, stats.expert_groups)
     scores = compute_scores(stats, criterion, categories=categories, seed=seed)
     protected = super_experts(stats, super_expert_factor, categories) if protect_super_experts else None
     return plan_from_scores(scores, ratio, stats.top_k, stats.layer_indices, criterion=criterion,
-                            protected=protected, seed=seed,
+                            protected=protected, groups=stats.expert_groups, seed=seed,
                             categories=tuple(categories) if categories else None,
                             calibration_fingerprint=stats.fingerprint(), model_id=stats.model_id,
                             extra={"super_expert_factor": super_expert_factor} if protect_super_experts else {})

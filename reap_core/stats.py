@@ -44,6 +44,7 @@ class ExpertStats:
     tokens_per_category: list[int]
     calibration: dict = field(default_factory=dict)   # spec, fingerprint, max_tokens, per-category summary
     top_tokens: list | None = None      # [L][E] -> list of {score, category, before, token, after}
+    expert_groups: tuple[int, int] = (1, 1)   # group-limited routing: (groups, groups chosen per token)
 
     @property
     def num_layers(self) -> int:
@@ -76,7 +77,7 @@ class ExpertStats:
         meta = dict(format=FORMAT_VERSION, model_id=self.model_id, layer_indices=self.layer_indices,
                     num_experts=self.num_experts, top_k=self.top_k, categories=self.categories,
                     tokens_per_category=self.tokens_per_category, calibration=self.calibration,
-                    top_tokens=self.top_tokens)
+                    top_tokens=self.top_tokens, expert_groups=list(self.expert_groups))
         tmp = path.with_name(path.name + ".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -240,9 +241,14 @@ def _checked_fields(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
     top_tokens = meta.get("top_tokens")
     if top_tokens is not None:
         _check_top_tokens(top_tokens, len(layer_indices), num_experts, set(categories))
+    groups = meta.get("expert_groups", [1, 1])
+    if not (isinstance(groups, list) and len(groups) == 2 and all(_is_int(g) and g >= 1 for g in groups)
+            and num_experts % groups[0] == 0 and groups[1] <= groups[0]):
+        raise StatisticsError(f"expert_groups in its header must be [groups, groups per token] dividing "
+                              f"num_experts={num_experts}, not {_show(groups)}")
     return dict(model_id=model_id, layer_indices=layer_indices, num_experts=num_experts, top_k=top_k,
                 categories=categories, arrays=checked, tokens_per_category=tokens, calibration=calibration,
-                top_tokens=top_tokens)
+                top_tokens=top_tokens, expert_groups=(groups[0], groups[1]))
 
 
 def _check_format(meta: dict) -> None:

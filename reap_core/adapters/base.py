@@ -11,6 +11,8 @@ L layers, S = T*K routed (token, expert) pairs.
 
 from __future__ import annotations
 
+import functools
+import re
 import types
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,6 +25,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from ..errors import UnsupportedModel
 from .kernels import KERNELS, loop_experts_forward, observer_kernel_name
+from .routing import NEG_INF, RULES
 
 SORTED_IMPLEMENTATION = "reap_sorted"      # the CPU loop, registered as a transformers experts implementation
 ALL_EXPERTS_FUNCTIONS.register(SORTED_IMPLEMENTATION, loop_experts_forward)
@@ -30,13 +33,14 @@ ALL_EXPERTS_FUNCTIONS.register(SORTED_IMPLEMENTATION, loop_experts_forward)
 
 @dataclass(frozen=True)
 class MoELayout:
-    """Architecture knowledge as data: names and axes, no logic."""
+    """Architecture knowledge as data: names and axes, no logic. Module paths are relative to one
+    decoder layer of the loaded model; checkpoint names relative to that layer's key prefix."""
 
     family: str
     model_types: tuple[str, ...]          # config.model_type values this family uses
     layer_list_paths: tuple[str, ...]     # attribute paths to the decoder layers, first match wins
     checkpoint_layer_prefixes: tuple[str, ...]  # key prefixes of layer N in a checkpoint ("...layers.{i}.")
-    router_logits_module: str             # module (in a layer) whose output is the router logits [T, E]
+    router_module: str                    # the router: its forward returns (logits, top_k_weights, top_k_index)
     expert_tensors: tuple[tuple[str, int], ...]  # (tensor name in a layer, expert axis) to slice
     experts_module: str                   # module holding the fused expert weights
     num_experts_key: str                  # config key counting experts per layer
@@ -45,7 +49,20 @@ class MoELayout:
     text_config_attr: str | None          # sub-config holding the keys above, if multimodal
     non_text_prefixes: tuple[str, ...]    # parameter prefixes outside the language model (vision, audio)
     gate_definition: str                  # what "gate" means for this family, for docs and recipes
+    # masking: a routing rule (routing.py) re-routes with pruned experts out of the selection; None =
+    # mask the output of `router_logits_module` (a submodule whose logits go straight into a softmax)
+    routing: str | None = None
+    routing_options: tuple[tuple[str, Any], ...] = ()
+    router_logits_module: str | None = None
     moe_switch_key: str | None = None     # boolean config key that turns the MoE block on, if the family has one
+    shared_experts: tuple[str, ...] = ()  # always-on experts beside the routed ones: never pruned
+    group_keys: tuple[str, str] | None = None   # (groups, groups chosen per token) keys of group-limited routing
+    # checkpoints as on the Hub: per-expert lists ("mlp.experts" -> mlp.experts.{j}.gate_proj.weight ...)
+    # and other names of expert tensors (fused, or renamed by transformers' conversion at load)
+    checkpoint_expert_lists: tuple[str, ...] = ()
+    checkpoint_expert_aliases: tuple[tuple[str, int], ...] = ()
+    thinking_markers: tuple[str, str] | None = None   # (open, close) of the reasoning block in generated text
+    flagships: tuple[str, ...] = ()       # Hub ids people prune, for the model picker
 
 
 def get_by_path(root: Any, path: str) -> Any:
@@ -108,6 +125,19 @@ class MoEAdapter:
     def set_num_experts(self, config: Any, n: int) -> None:
         setattr(self.text_config(config), self.layout.num_experts_key, int(n))
 
+    def expert_groups(self, config: Any) -> int:
+        """Groups of group-limited routing (DeepSeek-V3: 8), 1 without. A plan prunes the same number
+        of experts in every group, so the groups survive slicing."""
+        if not self.layout.group_keys:
+            return 1
+        return int(getattr(self.text_config(config), self.layout.group_keys[0], 1) or 1)
+
+    def groups_chosen(self, config: Any) -> int:
+        """Groups each token may pick its experts from (= all groups without group-limited routing)."""
+        if not self.layout.group_keys:
+            return 1
+        return int(getattr(self.text_config(config), self.layout.group_keys[1], 1) or 1)
+
     def prepare(self, model: nn.Module) -> None:
         """Called once after loading: on CPU the per-expert loop is faster than torch's grouped_mm for
         prompts and calibration (benchmarks/observer_overhead.py); on GPUs transformers' default stays."""
@@ -135,42 +165,90 @@ class MoEAdapter:
             found.append((idx, layer))
         return found
 
-    def router_logits(self, layer: nn.Module) -> nn.Module:
-        return get_by_path(layer, self.layout.router_logits_module)
+    def router(self, layer: nn.Module) -> nn.Module:
+        return get_by_path(layer, self.layout.router_module)
+
+    def shared_experts(self, layer: nn.Module) -> list[str]:
+        """Names of the always-on experts of this layer (never pruned): shown as such in the app."""
+        found = []
+        for path in self.layout.shared_experts:
+            try:
+                get_by_path(layer, path)
+            except AttributeError:
+                continue
+            found.append(path)
+        return found
+
+    # --- masking ------------------------------------------------------------------------
+    def mask_target(self, layer: nn.Module) -> nn.Module:
+        """The module a pruning mask is attached to (its `.weight` says the mask's device)."""
+        if self.layout.routing is None:
+            return get_by_path(layer, self.layout.router_logits_module)
+        return self.router(layer)
+
+    def install_masking(self, layer: nn.Module, lookup: Callable[[nn.Module, int], torch.Tensor | None]) -> None:
+        """Make the layer's routing obey `lookup(target, n_tokens)`: a bool mask ([E], or [N, E] per
+        token; True = pruned) or None for the model's own routing. Installed once per layer.
+
+        With a routing rule the router's forward is replaced per instance by a dispatcher: no mask ->
+        the router's own forward, untouched; a mask -> the rule, which removes pruned experts from
+        what the selection sees (their bias included). Without one, the logits module's output is
+        masked to -inf before the family's softmax."""
+        target = self.mask_target(layer)
+        if getattr(target, "_reap_masking", False):
+            return
+        if self.layout.routing is None:
+            target.register_forward_hook(functools.partial(_mask_logits_output, lookup=lookup))
+        else:
+            rule = functools.partial(RULES[self.layout.routing], **dict(self.layout.routing_options))
+            target.forward = types.MethodType(functools.partial(_masked_router_forward, rule=rule, lookup=lookup),
+                                              target)
+        target._reap_masking = True
 
     def experts(self, layer: nn.Module) -> nn.Module:
         return get_by_path(layer, self.layout.experts_module)
 
     # --- slicing ------------------------------------------------------------------------
     def slice_layer(self, layer: nn.Module, kept: list[int]) -> None:
-        """Keep only `kept` experts (in this order) in one layer, in place."""
+        """Keep only `kept` experts (in this order) in one layer, in place (parameters stay
+        parameters, buffers such as a selection bias stay buffers)."""
         for name, axis in self.layout.expert_tensors:
             owner_path, _, attr = name.rpartition(".")
-            owner = get_by_path(layer, owner_path)
-            param = getattr(owner, attr)
-            index = torch.as_tensor(kept, dtype=torch.long, device=param.device)
-            sliced = param.data.index_select(axis, index).contiguous()
-            setattr(owner, attr, nn.Parameter(sliced, requires_grad=param.requires_grad))
+            owner = get_by_path(layer, owner_path) if owner_path else layer
+            tensor = getattr(owner, attr)
+            index = torch.as_tensor(kept, dtype=torch.long, device=tensor.device)
+            sliced = tensor.data.index_select(axis, index).contiguous()
+            if attr in owner._buffers:
+                owner._buffers[attr] = sliced
+            else:
+                setattr(owner, attr, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
         self.after_slice(layer, len(kept))
 
     def after_slice(self, layer: nn.Module, n_kept: int) -> None:
         """Update the counters kept beside the tensors. transformers' fused experts modules loop over
         `num_experts`: left stale, grouped_mm fails on the sliced tensors and the eager path silently
-        indexes experts that are gone."""
-        self.experts(layer).num_experts = n_kept
+        indexes experts that are gone; grouped routers reshape their scores by it."""
+        for module in (self.experts(layer), self.router(layer)):
+            if hasattr(module, "num_experts"):
+                module.num_experts = n_kept
 
     def checkpoint_expert_keys(self, layer_idx: int) -> dict[str, int]:
-        """Checkpoint keys of layer `layer_idx` that hold experts, with their expert axis.
-
-        Every known prefix is listed (multimodal and text-only naming), so the streaming
-        exporter can match whichever one the checkpoint uses.
-        """
+        """Checkpoint keys of layer `layer_idx` that hold all experts in one tensor, with their
+        expert axis. Every known prefix and name is listed (multimodal and text-only naming, the
+        model's and the checkpoint's), so the exporter matches whichever one the checkpoint uses."""
         keys = {}
         for prefix in self.layout.checkpoint_layer_prefixes:
             p = prefix.format(i=layer_idx)
-            for name, axis in self.layout.expert_tensors:
+            for name, axis in self.layout.expert_tensors + self.layout.checkpoint_expert_aliases:
                 keys[p + name] = axis
         return keys
+
+    def checkpoint_expert_lists(self, layer_idx: int) -> re.Pattern:
+        """Matches a per-expert checkpoint key of layer `layer_idx` (`...layers.3.mlp.experts.17.w1.weight`):
+        groups (head, expert id, tail)."""
+        heads = [re.escape(prefix.format(i=layer_idx) + path + ".")
+                 for prefix in self.layout.checkpoint_layer_prefixes for path in self.layout.checkpoint_expert_lists]
+        return re.compile(f"^({'|'.join(heads) or '(?!)'})(\\d+)(\\..+)$")
 
     # --- observing ----------------------------------------------------------------------
     @contextmanager
@@ -195,6 +273,20 @@ class MoEAdapter:
             yield
         finally:
             _OBSERVERS.reset(token)
+
+
+def _mask_logits_output(module: nn.Module, inputs, output: torch.Tensor, lookup) -> torch.Tensor | None:
+    mask = lookup(module, output.shape[:-1].numel())
+    if mask is None:
+        return None
+    return output.masked_fill(mask.view(output.shape) if mask.dim() == 2 else mask, NEG_INF)
+
+
+def _masked_router_forward(self: nn.Module, hidden_states: torch.Tensor, *args, rule, lookup):
+    mask = lookup(self, hidden_states.numel() // hidden_states.shape[-1])
+    if mask is None:   # no masked view in this thread: the router's own forward, untouched
+        return type(self).forward(self, hidden_states, *args)
+    return rule(mask, self, hidden_states, *args)
 
 
 # experts module -> (layer index, record callback); per thread / per task, never global.

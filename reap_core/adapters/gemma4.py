@@ -21,7 +21,8 @@ GEMMA4_LAYOUT = MoELayout(
     model_types=("gemma4", "gemma4_text"),
     layer_list_paths=("model.language_model.layers", "model.layers", "language_model.layers", "layers"),
     checkpoint_layer_prefixes=("model.language_model.layers.{i}.", "model.layers.{i}."),
-    router_logits_module="router.proj",
+    router_module="router",
+    router_logits_module="router.proj",   # softmax over its output: masking the logits is exact
     expert_tensors=(
         ("router.proj.weight", 0),        # [E, H]
         ("router.per_expert_scale", 0),   # [E]
@@ -37,6 +38,8 @@ GEMMA4_LAYOUT = MoELayout(
     gate_definition=("|w| where w = softmax probability renormalised over the top-k experts, "
                      "times router.per_expert_scale: the weight Gemma 4 applies to the expert's output"),
     moe_switch_key="enable_moe_block",   # false: dense layers, even if num_experts is set
+    thinking_markers=("<|channel>", "<channel|>"),   # "<|channel>thought\n ... <channel|>" before the answer
+    flagships=("google/gemma-4-26b-a4b-it",),
 )
 
 class Gemma4Adapter(MoEAdapter):

@@ -5,7 +5,8 @@ Every function has transformers' experts-forward signature `(experts, hidden_sta
 top_k_index [T, K], top_k_weights [T, K])` plus `layer` and `record`; with `record`, one call per
 layer: record(layer, expert_ids[S], token_index[S], gates[S], out_norm[S], out_absmax[S]), pairs
 sorted by expert (S = T*K). They honour the flags transformers' `use_experts_implementation` puts on
-every fused experts module (`has_gate`, `has_bias`, `is_transposed`, `_apply_gate`), so one kernel
+every fused experts module (`has_gate`, `has_bias`, `is_transposed`, `_apply_gate`,
+`has_post_expert_norm`), so one kernel
 serves every family whose experts module transformers fuses.
 
 Two kernels, chosen per device by measurement (benchmarks/observer_overhead.py, gpu_check.sh):
@@ -54,6 +55,11 @@ def _activate(experts: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return experts._apply_gate(h) if getattr(experts, "has_gate", True) else experts.act_fn(h)
 
 
+def _finish(experts: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    """f_j(x) as the model defines it: a post-expert norm where the family has one."""
+    return experts.post_expert_norm(f) if getattr(experts, "has_post_expert_norm", False) else f
+
+
 def _sorted_pairs(top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
     """(expert_ids [S], token_index [S], gates [S], perm [S]) of the routed pairs, grouped by expert;
     perm[i] = the flat [T*K] position of sorted pair i."""
@@ -88,7 +94,7 @@ def loop_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_
         end = start + n
         tokens = token_index[start:end]
         h = _activate(experts, F.linear(hidden_states[tokens], up[e], None if up_bias is None else up_bias[e]))
-        f = F.linear(h, down[e], None if down_bias is None else down_bias[e])      # [n, H] = f_e(x)
+        f = _finish(experts, F.linear(h, down[e], None if down_bias is None else down_bias[e]))   # [n, H] = f_e(x)
         if record is not None:
             norms[start:end], absmax[start:end] = _reductions(f)
         combined.index_add_(0, tokens, f * gates[start:end, None].to(f.dtype))
@@ -130,6 +136,7 @@ def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top
         f = _grouped_mm(_activate(experts, h).to(down.dtype), down.transpose(1, 2), offs=offs)   # [b-a, H]
         if down_bias is not None:
             f = f + down_bias[e]
+        f = _finish(experts, f)
         if record is not None:
             norms[a:b], absmax[a:b] = _reductions(f)
         weighted[perm[a:b]] = f * gates[a:b, None]
