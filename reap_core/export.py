@@ -46,8 +46,8 @@ from .model import LoadedModel, load_model, resolve_model_path
 from .plan import PruningPlan
 from .prune import PLAN_FILE, SCORES_FILE, scores_document
 from .saliency import compute_scores
-from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, ShardLayout, TensorSource, plan_shards,
-                     read_header, write_checkpoint)
+from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, Selection, ShardLayout, TensorSource,
+                     plan_shards, read_header, write_checkpoint)
 from .stats import ExpertStats
 
 Progress = Callable[[float, str], None]
@@ -130,18 +130,40 @@ def hub_id_of(model_id: str, folder: Path | None) -> str | None:
 
 # --- building blocks --------------------------------------------------------------------------
 
-def expert_slicing(adapter: MoEAdapter, plan: PruningPlan, names: set[str]) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """checkpoint key -> (expert axis, kept ids), for every expert tensor of every planned layer."""
-    slicing = {}
+def expert_selection(adapter: MoEAdapter, plan: PruningPlan, names: set[str]) -> Selection:
+    """What the export takes from a checkpoint with these tensor names, as it stores experts: tensors
+    holding every expert of a layer are sliced; one-expert tensors (`…experts.{j}.…`, as most
+    families are on the Hub) are dropped for pruned j and renumbered for kept j (kept[n] -> n).
+    Refuses a layer where neither form is found: its names are not the ones the adapter knows."""
+    sliced, renamed, dropped = {}, {}, set()
     for row, layer in enumerate(plan.layer_indices):
-        found = {k: axis for k, axis in adapter.checkpoint_expert_keys(layer).items() if k in names}
-        if len(found) != len(adapter.layout.expert_tensors):
+        fused = {k: axis for k, axis in adapter.checkpoint_expert_keys(layer).items() if k in names}
+        new_id = {old: new for new, old in enumerate(plan.kept[row])}
+        per_expert = adapter.checkpoint_expert_lists(layer)
+        ids_seen = set()
+        for name in names:
+            match = per_expert.match(name)
+            if match is None:
+                continue
+            head, old, tail = match.group(1), int(match.group(2)), match.group(3)
+            ids_seen.add(old)
+            if old in new_id:
+                renamed[name] = f"{head}{new_id[old]}{tail}"
+            else:
+                dropped.add(name)
+        # the router is always one tensor over all experts; the experts are one-expert tensors or more of those
+        if not fused or (not ids_seen and len(fused) < 2):
             wanted = ", ".join(n for n, _ in adapter.layout.expert_tensors)
-            raise ExportError(f"layer {layer}: found {len(found)} of the {len(adapter.layout.expert_tensors)} expert "
-                              f"tensors ({wanted}) in the checkpoint; its key names are not the ones this "
-                              f"{adapter.layout.family} adapter knows — refusing to export unpruned weights")
-        slicing.update({k: (axis, tuple(plan.kept[row])) for k, axis in found.items()})
-    return slicing
+            raise ExportError(f"layer {layer}: no expert tensors found in the checkpoint (looked for {wanted}, and one "
+                              f"tensor per expert under {', '.join(adapter.layout.checkpoint_expert_lists) or '-'}); "
+                              f"its key names are not the ones this {adapter.layout.family} adapter knows — "
+                              f"refusing to export unpruned weights")
+        if ids_seen and ids_seen != set(range(plan.num_experts)):
+            raise ExportError(f"layer {layer}: the checkpoint has one-expert tensors for {len(ids_seen)} expert ids, "
+                              f"the plan is for {plan.num_experts} experts: these statistics / this plan belong to "
+                              f"another model")
+        sliced.update({k: (axis, tuple(plan.kept[row])) for k, axis in fused.items()})
+    return Selection(sliced=sliced, renamed=renamed, dropped=frozenset(dropped))
 
 
 def _check_expert_axes(source: TensorSource, plan: PruningPlan) -> None:
@@ -153,24 +175,34 @@ def _check_expert_axes(source: TensorSource, plan: PruningPlan) -> None:
 
 
 def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors under their checkpoint names; tied copies (lm_head = embeddings) left
-    out, as save_pretrained does."""
+    """The model's tensors under their checkpoint names and in the checkpoint's format (transformers'
+    own reversal of what it fused or renamed at load: one tensor per expert for most families), as
+    save_pretrained writes them; tied copies (lm_head = embeddings) left out, as save_pretrained does."""
+    from transformers.core_model_loading import revert_weight_conversion
+
     state = model.state_dict()
     tied = getattr(model, "_tied_weights_keys", None) or {}
     for name, target in (tied.items() if isinstance(tied, dict) else []):
         if name in state and target in state and state[name].data_ptr() == state[target].data_ptr():
             del state[name]
-    return state
+    return revert_weight_conversion(model, state)
 
 
-def pruned_config(config: dict, adapter: MoEAdapter, num_kept: int) -> dict:
-    """The source config.json with the expert count changed, and nothing else."""
+def pruned_config(config: dict, adapter: MoEAdapter, num_kept: int, attribute_map: dict | None = None) -> dict:
+    """The source config.json with the expert count changed, and nothing else. The count is written
+    under whichever name the file uses: the family's key or an alias transformers maps to it
+    (Qwen3-MoE's `num_experts` is saved as `num_local_experts` by transformers 5)."""
     config = copy.deepcopy(config)
     attr = adapter.layout.text_config_attr
     target = config[attr] if attr and isinstance(config.get(attr), dict) else config
-    if adapter.layout.num_experts_key not in target:
-        raise ExportError(f"config.json has no '{adapter.layout.num_experts_key}' to update")
-    target[adapter.layout.num_experts_key] = int(num_kept)
+    key = adapter.layout.num_experts_key
+    aliases = {key} | {a for a, b in (attribute_map or {}).items() if key in (a, b)} \
+        | {b for a, b in (attribute_map or {}).items() if a == key}
+    present = [k for k in aliases if k in target]
+    if not present:
+        raise ExportError(f"config.json has no '{key}' to update")
+    for k in present:
+        target[k] = int(num_kept)
     return config
 
 
@@ -276,19 +308,21 @@ def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats
     if streaming:
         names = set(json.loads((folder / INDEX_FILE).read_text())["weight_map"]) if (folder / INDEX_FILE).is_file() \
             else set(read_header(folder / SINGLE_FILE)[0])
-        tensors: TensorSource = CheckpointSource(folder, expert_slicing(adapter, plan, names))
+        tensors: TensorSource = CheckpointSource(folder, expert_selection(adapter, plan, names))
     else:
         state = export_state_dict(loaded.model)
-        tensors = ModelSource(state, expert_slicing(adapter, plan, set(state)))
+        tensors = ModelSource(state, expert_selection(adapter, plan, set(state)))
     _check_expert_axes(tensors, plan)
-    weight_dtype = next(e.dtype for e in tensors.entries if e.kept is not None)
+    weight_dtype = next(e.dtype for e in tensors.entries if e.kept is not None or e.source is not None)
     is_multimodal = config_dict.get("vision_config") is not None
     card = card_inputs(config, adapter, plan, weight_dtype, repo_name=repo_id or out_dir.name, source_folder=folder,
                        multimodal=is_multimodal, eval_results=eval_results)
     return ExportPlan(model_id=model_id, out_dir=out_dir, pruning=plan, stats=stats, streaming=bool(streaming),
                       verify=bool(verify), folder=folder, loaded=loaded, adapter=adapter, tensors=tensors,
                       layout=plan_shards(tensors.entries, max_shard_bytes),
-                      config_json=pruned_config(config_dict, adapter, plan.num_kept), weight_dtype=weight_dtype,
+                      config_json=pruned_config(config_dict, adapter, plan.num_kept,
+                                                getattr(adapter.text_config(config), "attribute_map", None)),
+                      weight_dtype=weight_dtype,
                       base_model=base_model or hub_id_of(model_id, folder), max_shard_bytes=max_shard_bytes,
                       card=card)
 

@@ -49,6 +49,11 @@ class Entry:
     shape: tuple[int, ...]
     kept: tuple[int, ...] | None = None     # expert ids kept along `axis`; None = copied unchanged
     axis: int = 0
+    source: str | None = None               # the source tensor's name, when renamed (a renumbered expert)
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.name
 
     @property
     def itemsize(self) -> int:
@@ -60,6 +65,27 @@ class Entry:
         for d in self.shape:
             n *= d
         return n
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What an export takes from the source tensors, by source name: tensors holding every expert,
+    sliced along their expert axis; one-expert tensors of kept experts, renamed to their new ids
+    (checkpoints that store `experts.{j}.…`); the pruned experts' own tensors, left out."""
+
+    sliced: dict[str, tuple[int, tuple[int, ...]]]   # name -> (expert axis, kept ids)
+    renamed: dict[str, str]                           # name -> output name
+    dropped: frozenset[str]
+
+    def entry(self, name: str, dtype: str, shape: tuple[int, ...]) -> Entry | None:
+        """The output tensor made from source tensor `name`, or None if it is left out."""
+        if name in self.dropped:
+            return None
+        if name in self.sliced:
+            axis, kept = self.sliced[name]
+            return Entry(name, dtype, shape[:axis] + (len(kept),) + shape[axis + 1:], tuple(kept), axis)
+        out = self.renamed.get(name)
+        return Entry(out, dtype, shape, source=name) if out and out != name else Entry(name, dtype, shape)
 
 
 @dataclass(frozen=True)
@@ -171,8 +197,7 @@ class CheckpointSource(TensorSource):
     unmapped: a whole shard, measured 1.08x the largest shard) and read() into a Python buffer
     (memory flat, but 3-4x slower than a copy here)."""
 
-    def __init__(self, folder: Path, slicing: dict[str, tuple[int, tuple[int, ...]]]):
-        """`slicing`: checkpoint key -> (expert axis, kept ids) for every tensor that holds experts."""
+    def __init__(self, folder: Path, selection: Selection):
         self.folder = Path(folder)
         index = self.folder / INDEX_FILE
         files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
@@ -186,12 +211,9 @@ class CheckpointSource(TensorSource):
                 shape, dtype = tuple(info["shape"]), info["dtype"]
                 self.location[name] = (file, data_start + info["data_offsets"][0])
                 self.source_shapes[name] = shape
-                if name in slicing:
-                    axis, kept = slicing[name]
-                    out_shape = shape[:axis] + (len(kept),) + shape[axis + 1:]
-                    self.entries.append(Entry(name, dtype, out_shape, tuple(kept), axis))
-                else:
-                    self.entries.append(Entry(name, dtype, shape))
+                entry = selection.entry(name, dtype, shape)
+                if entry is not None:
+                    self.entries.append(entry)
         self._file: tuple[str, int] | None = None       # the one source file open at a time
 
     def _fd(self, file: str) -> int:
@@ -201,8 +223,8 @@ class CheckpointSource(TensorSource):
         return self._file[1]
 
     def pieces(self, entry: Entry) -> Iterator[FileRange | torch.Tensor]:
-        file, start = self.location[entry.name]
-        shape = self.source_shapes[entry.name]
+        file, start = self.location[entry.source_name]
+        shape = self.source_shapes[entry.source_name]
         fd = self._fd(file)
         if entry.kept is not None and entry.axis != 0:      # not Gemma 4: read once, slice in memory
             data = bytearray(os.pread(fd, Entry(entry.name, entry.dtype, shape).nbytes, start))
@@ -225,21 +247,14 @@ class CheckpointSource(TensorSource):
 class ModelSource(TensorSource):
     """Tensors of a model in memory, under their checkpoint names (tied copies left out)."""
 
-    def __init__(self, state: dict[str, torch.Tensor], slicing: dict[str, tuple[int, tuple[int, ...]]]):
+    def __init__(self, state: dict[str, torch.Tensor], selection: Selection):
         self.state = state
-        self.entries = []
         self.source_shapes = {name: tuple(t.shape) for name, t in state.items()}
-        for name, t in state.items():
-            dtype = DTYPE_NAMES[t.dtype]
-            if name in slicing:
-                axis, kept = slicing[name]
-                shape = tuple(t.shape[:axis]) + (len(kept),) + tuple(t.shape[axis + 1:])
-                self.entries.append(Entry(name, dtype, shape, tuple(kept), axis))
-            else:
-                self.entries.append(Entry(name, dtype, tuple(t.shape)))
+        entries = (selection.entry(name, DTYPE_NAMES[t.dtype], tuple(t.shape)) for name, t in state.items())
+        self.entries = [e for e in entries if e is not None]
 
     def pieces(self, entry: Entry) -> Iterator[torch.Tensor]:
-        t = self.state[entry.name].detach()      # on a GPU, each piece is copied to the CPU on its own
+        t = self.state[entry.source_name].detach()      # on a GPU, each piece is copied to the CPU on its own
         yield from _pieces_from(entry, tuple(t.shape), lambda a, b: t[a:b].cpu(), lambda: t.cpu())
 
 

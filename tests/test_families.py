@@ -220,3 +220,43 @@ def test_grouped_plans_prune_the_same_number_in_every_group():
         plan_from_scores(scores, 0.75, top_k=2, layer_indices=[1], groups=(4, 2))    # 1 left per group
     with pytest.raises(InvalidPlan, match="fewer than one expert per group"):
         plan_from_scores(scores, 0.2, top_k=2, layer_indices=[1], groups=(4, 2))     # 3 pruned < 4 groups
+
+
+# --- export: checkpoints as they are on the Hub --------------------------------------------------
+
+def test_streaming_export_equals_in_memory_in_the_checkpoint_format(family, calib, tmp_path):
+    """save_pretrained writes each family's Hub format (one tensor per expert for most, fused for
+    gpt-oss / GraniteMoE); streaming from it and slicing the model in memory give the same bytes,
+    the pruned experts gone, the kept ones renumbered, and the folder reloads as the masked model."""
+    import json
+
+    from reap_core.export import export_pruned
+    from reap_core.plan import make_plan
+    from reap_core.shards import SINGLE_FILE, read_header
+
+    model_type, loaded = family
+    source = tmp_path / "source"
+    loaded.model.save_pretrained(source)
+    loaded.tokenizer.save_pretrained(source)
+    original = wrap_model(loaded.model, loaded.tokenizer, model_id=str(source))
+    stats = observe(original, calib, batch_size=4, top_tokens_per_expert=0)
+    plan = make_plan(stats, 0.5)
+    results = {how: export_pruned(str(source), plan, stats, tmp_path / how, loaded=original, streaming=how == "streaming")
+               for how in ("streaming", "in-memory")}
+    assert all(r.max_abs_diff is not None and r.max_abs_diff <= 1e-5 for r in results.values())
+    files = [(tmp_path / how / SINGLE_FILE).read_bytes() for how in results]
+    assert files[0] == files[1]
+    names = set(read_header(tmp_path / "streaming" / SINGLE_FILE)[0]) - {"__metadata__"}
+    source_names = set(read_header(source / SINGLE_FILE)[0]) - {"__metadata__"}
+    patterns = [loaded.adapter.checkpoint_expert_lists(layer) for layer in plan.layer_indices]
+    expert_id = lambda n: next((int(m.group(2)) for p in patterns if (m := p.match(n))), None)  # noqa: E731
+    per_expert = [n for n in source_names if expert_id(n) is not None]
+    if per_expert:     # one tensor per expert: ids 0..kept-1 remain, the pruned half of the tensors gone
+        assert {expert_id(n) for n in names} - {None} == set(range(plan.num_kept))
+        assert len(names) == len(source_names) - len(per_expert) * plan.num_pruned // plan.num_experts
+    else:              # fused: the same names, expert axes shrunk
+        assert names == source_names
+    config = json.loads((tmp_path / "streaming" / "config.json").read_text())
+    source_config = json.loads((source / "config.json").read_text())
+    changed = {k: v for k, v in config.items() if source_config.get(k) != v}
+    assert list(changed.values()) == [plan.num_kept] and source_config[next(iter(changed))] == plan.num_experts
