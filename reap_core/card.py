@@ -106,6 +106,8 @@ class CardInputs:
     pruned: ModelSize
     is_multimodal: bool
     eval_results: dict | None = None
+    shared_experts: tuple[str, ...] = ()   # always-on experts of the family (never pruned)
+    expert_groups: int = 1                 # group-limited routing: experts pruned equally per group
 
 
 def base_license(folder: Path | None) -> str | None:
@@ -136,7 +138,8 @@ def card_inputs(config: Any, adapter: MoEAdapter, plan: PruningPlan, weight_dtyp
     return CardInputs(repo_name=repo_name, family=adapter.layout.family,
                       pipeline_tag="image-text-to-text" if multimodal else "text-generation",
                       license=base_license(source_folder), original=original, pruned=pruned,
-                      is_multimodal=multimodal, eval_results=eval_results)
+                      is_multimodal=multimodal, eval_results=eval_results, shared_experts=adapter.layout.shared_experts,
+                      expert_groups=adapter.expert_groups(config))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -303,6 +306,10 @@ def card_fields(inputs: CardInputs, recipe: dict) -> dict:
         ["Experts kept per layer", recipe["num_experts_kept"]],
         ["Experts per token (top-k)", recipe["top_k"]],
         ["Gate used in the score", recipe["gate_definition"]],
+        *([["Shared experts", f"kept whole, never pruned ({', '.join(f'`{m}`' for m in inputs.shared_experts)}): "
+                              f"they run on every token"]] if inputs.shared_experts else []),
+        *([["Expert groups", f"{inputs.expert_groups} groups of group-limited routing; the same number of experts "
+                             f"removed from each"]] if inputs.expert_groups > 1 else []),
         ["Super-expert protection", f"on (factor {protect['factor']})" if protect["enabled"] else "off"],
         ["Seed", recipe["seed"]],
         ["Calibration fingerprint", f"`{calib['fingerprint']}`"],

@@ -11,8 +11,10 @@ The prompt is tokenised by `chat_format` (typed control tokens stay text) and ca
 tokens (`max_prompt_tokens`) and, before any tokenising, in characters (`check_prompt_length`),
 so one visitor's 100,000-character message cannot hold the shared queue for a minute.
 
-Gemma 4 reasoning comes as `<|channel>thought\\n ... <channel|>` before the answer; it is split
-off so a UI can fold it away, and the answer is what is kept in the conversation.
+Reasoning comes before the answer between each family's own markers (its adapter's
+`thinking_markers`: Gemma 4 `<|channel>thought … <channel|>`, Qwen3 / GLM / MiniMax / DeepSeek
+`<think> … </think>`, gpt-oss the harmony analysis channel); it is split off so a UI can fold it
+away, and the answer is what is kept in the conversation.
 """
 
 from __future__ import annotations
@@ -33,8 +35,19 @@ from .masking import masked_rows
 from .model import LoadedModel
 from .plan import PruningPlan
 
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
-_END_MARKERS = ("<turn|>", "<eos>", "<end_of_turn>")
+# generic ends of a turn; each family adds its own (adapter.layout.end_of_turn_markers)
+_END_MARKERS = ("<eos>", "</s>", "<|endoftext|>")
+
+
+def _family_markers() -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """(thinking (open, close) pairs, end-of-turn markers, answer-channel headers) of every family."""
+    from .adapters import ADAPTERS
+
+    layouts = [a.layout for a in ADAPTERS.values()]
+    thinking = sorted({lay.thinking_markers for lay in layouts if lay.thinking_markers}, key=lambda m: -len(m[0]))
+    ends = list(_END_MARKERS) + sorted({m for lay in layouts for m in lay.end_of_turn_markers})
+    answers = sorted({lay.answer_marker for lay in layouts if lay.answer_marker})
+    return thinking, ends, answers
 
 
 @dataclass(frozen=True)
@@ -46,17 +59,29 @@ class GenerationSettings:
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
-    """(reasoning, answer) of a raw model output; reasoning is '' when there is none."""
-    for end in _END_MARKERS:          # whatever follows the end of the turn is not the answer
+    """(reasoning, answer) of a raw model output, in any supported family's markup; reasoning is ''
+    when there is none. A reasoning block that never closed leaves no answer."""
+    thinking, ends, answers = _family_markers()
+    reasoning = ""
+    for open_, close in thinking:
+        if open_ in text:
+            before, _, rest = text.partition(open_)
+            thought, closed, after = rest.partition(close)
+            reasoning = re.sub(r"^thought\s*\n?", "", thought).strip()   # Gemma 4 names its channel "thought"
+            text = before + (after if closed else "")
+            break
+    for header in answers:            # gpt-oss: the answer follows its "final" channel header
+        if header in text:
+            text = text.split(header, 1)[1]
+    for end in ends:                  # whatever follows the end of the turn is not the answer
         text = text.split(end)[0]
     text = text.replace("<bos>", "").replace("<pad>", "")
-    reasoning = ""
-    if THOUGHT_OPEN in text:
-        before, _, rest = text.partition(THOUGHT_OPEN)
-        thought, closed, after = rest.partition(THOUGHT_CLOSE)
-        reasoning = re.sub(r"^thought\s*\n?", "", thought).strip()
-        text = before + (after if closed else "")
     return reasoning, text.strip()
+
+
+def reasoning_unfinished(text: str) -> bool:
+    """A reasoning block opened and never closed: the token budget ran out before an answer."""
+    return any(open_ in text and close not in text.partition(open_)[2] for open_, close in _family_markers()[0])
 
 
 class PromptTooLong(ReapError):

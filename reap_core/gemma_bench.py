@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .chat import THOUGHT_CLOSE, THOUGHT_OPEN, split_reasoning
+from .chat import reasoning_unfinished, split_reasoning
 from .model import ASSETS_DIR
 
 BENCH_FILE = ASSETS_DIR / "eval" / "gemma4-bench.jsonl"
@@ -97,7 +97,7 @@ _LETTER_ALONE = re.compile(r"^[\s*_(\[]*([A-D])[\s*_)\].:]*$")
 
 def final_text(raw: str) -> tuple[str, bool]:
     """(text to grade, reasoning_unfinished). The text after the thinking channel, if any."""
-    unfinished = THOUGHT_OPEN in raw and THOUGHT_CLOSE not in raw
+    unfinished = reasoning_unfinished(raw)
     _, answer = split_reasoning(raw)
     return answer, unfinished
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .chat import THOUGHT_CLOSE, THOUGHT_OPEN, end_token_ids, split_reasoning
+from .chat import end_token_ids, reasoning_unfinished, split_reasoning
 
 Progress = Callable[[int, int], None]   # (done, total)
 
@@ -40,7 +40,7 @@ class GreedyAnswer:
     @property
     def unfinished(self) -> bool:
         """The reasoning channel opened and never closed: the budget ran out before an answer."""
-        return THOUGHT_OPEN in self.raw and THOUGHT_CLOSE not in self.raw
+        return reasoning_unfinished(self.raw)
 
 
 @torch.inference_mode()

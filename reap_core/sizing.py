@@ -91,7 +91,10 @@ def count_params(config: Any, adapter: MoEAdapter | None = None) -> ParamCounts:
     if moe:
         layer = moe[0][1]
         for name, _ in adapter.layout.expert_tensors:
-            numel = get_by_path(layer, name).numel() // num_experts
+            tensor = get_by_path(layer, name)
+            if not isinstance(tensor, torch.nn.Parameter):     # a buffer (selection bias): not a parameter
+                continue
+            numel = tensor.numel() // num_experts
             if name.startswith(adapter.layout.experts_module + "."):
                 mlp += numel
             else:

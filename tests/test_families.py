@@ -256,7 +256,24 @@ def test_streaming_export_equals_in_memory_in_the_checkpoint_format(family, cali
         assert len(names) == len(source_names) - len(per_expert) * plan.num_pruned // plan.num_experts
     else:              # fused: the same names, expert axes shrunk
         assert names == source_names
+    card = (tmp_path / "streaming" / "README.md").read_text()
+    assert ("| Shared experts |" in card) == bool(loaded.adapter.layout.shared_experts)
+    assert ("| Expert groups |" in card) == (model_type == "deepseek_v3")
     config = json.loads((tmp_path / "streaming" / "config.json").read_text())
     source_config = json.loads((source / "config.json").read_text())
     changed = {k: v for k, v in config.items() if source_config.get(k) != v}
     assert list(changed.values()) == [plan.num_kept] and source_config[next(iter(changed))] == plan.num_experts
+
+
+def test_reasoning_is_split_in_every_familys_markup():
+    from reap_core.chat import reasoning_unfinished, split_reasoning
+
+    cases = {"<|channel>thought\nfirst 2, then 3<channel|>5<turn|>": ("first 2, then 3", "5"),           # Gemma 4
+             "<think>\n2 + 3\n</think>\n\n5<|im_end|>": ("2 + 3", "5"),                                       # Qwen3, GLM
+             "<|channel|>analysis<|message|>2 + 3<|end|><|start|>assistant<|channel|>final<|message|>5<|return|>":
+                 ("2 + 3", "5"),                                                                              # gpt-oss
+             "5</s>": ("", "5")}                                                                              # none
+    for raw, want in cases.items():
+        assert split_reasoning(raw) == want
+    assert reasoning_unfinished("<think>\n2 + 3 is") and not reasoning_unfinished("<think>x</think>5")
+    assert split_reasoning("<think>\n2 + 3 is")[1] == ""

@@ -62,6 +62,8 @@ class MoELayout:
     checkpoint_expert_lists: tuple[str, ...] = ()
     checkpoint_expert_aliases: tuple[tuple[str, int], ...] = ()
     thinking_markers: tuple[str, str] | None = None   # (open, close) of the reasoning block in generated text
+    end_of_turn_markers: tuple[str, ...] = ()          # text that ends the assistant's turn
+    answer_marker: str | None = None      # header the answer follows, where the family has one (gpt-oss)
     flagships: tuple[str, ...] = ()       # Hub ids people prune, for the model picker
 
 

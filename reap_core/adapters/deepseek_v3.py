@@ -40,6 +40,7 @@ DEEPSEEK_V3_LAYOUT = MoELayout(
     group_keys=("n_group", "topk_group"),
     checkpoint_expert_lists=("mlp.experts",),
     thinking_markers=("<think>", "</think>"),
+    end_of_turn_markers=("<｜end▁of▁sentence｜>", "<|user|>", "<|observation|>"),
     flagships=("deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-R1"),
 )
 

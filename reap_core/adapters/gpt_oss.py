@@ -32,6 +32,8 @@ GPT_OSS_LAYOUT = MoELayout(
     checkpoint_expert_aliases=(("mlp.experts.gate_up_proj_blocks", 0), ("mlp.experts.gate_up_proj_scales", 0),
                                ("mlp.experts.down_proj_blocks", 0), ("mlp.experts.down_proj_scales", 0)),
     thinking_markers=("<|channel|>analysis<|message|>", "<|end|>"),
+    answer_marker="<|channel|>final<|message|>",
+    end_of_turn_markers=("<|return|>", "<|call|>"),
     flagships=("openai/gpt-oss-20b", "openai/gpt-oss-120b"),
 )
 

@@ -34,6 +34,7 @@ MINIMAX_M2_LAYOUT = MoELayout(
     checkpoint_expert_lists=("block_sparse_moe.experts", "mlp.experts"),
     checkpoint_expert_aliases=(("block_sparse_moe.gate.weight", 0), ("block_sparse_moe.e_score_correction_bias", 0)),
     thinking_markers=("<think>", "</think>"),
+    end_of_turn_markers=("[e~[",),
     flagships=("MiniMaxAI/MiniMax-M2", "MiniMaxAI/MiniMax-M2.1"),
 )
 

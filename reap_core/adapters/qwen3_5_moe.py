@@ -31,6 +31,7 @@ QWEN3_5_MOE_LAYOUT = MoELayout(
     shared_experts=("mlp.shared_expert", "mlp.shared_expert_gate"),
     checkpoint_expert_lists=("mlp.experts",),
     thinking_markers=("<think>", "</think>"),
+    end_of_turn_markers=("<|im_end|>",),
     flagships=("Qwen/Qwen3.5-35B-A3B", "Qwen/Qwen3.5-397B-A17B"),
 )
 

@@ -43,6 +43,7 @@ QWEN3_MOE_LAYOUT = MoELayout(
                      "(true for Qwen3-MoE): the weight Qwen3-MoE applies to the expert's output"),
     checkpoint_expert_lists=("mlp.experts",),
     thinking_markers=("<think>", "</think>"),
+    end_of_turn_markers=("<|im_end|>",),
     flagships=("Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-Coder-480B-A35B-Instruct",
                "Qwen/Qwen3-235B-A22B"),
 )
