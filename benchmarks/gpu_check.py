@@ -12,6 +12,8 @@ vocabulary — built directly on the device with random weights, batch 8 x 2048 
             separate generations in two threads (the app before batching), both panes in ONE
             batched generate (per-row masks; the pruned pane = 50% of the experts masked)
   export    benchmarks/export_streaming.measure on a real-width checkpoint (`--export-layers`)
+  qwen3     the observer section again on a real-width Qwen3-MoE stack (Qwen3-30B-A3B's widths: hidden
+            2048, 128 experts of width 768, top-8, 32 heads x 128, 4 KV heads), `--layers` layers
 
 On CPU (`--tiny`, what the test suite runs) the same code at toy sizes. Needs only torch,
 transformers, safetensors, huggingface_hub, numpy (no gradio, plotly or datasets).
@@ -48,6 +50,8 @@ REAL = dict(hidden=2816, experts=128, top_k=8, expert_width=704, dense_width=211
             kv_heads=8, sliding_window=1024)
 TINY = dict(hidden=64, experts=16, top_k=4, expert_width=32, dense_width=96, heads=2, head_dim=32, kv_heads=1,
             sliding_window=16)
+QWEN3_REAL = dict(hidden=2048, experts=128, top_k=8, expert_width=768, heads=32, head_dim=128, kv_heads=4)
+QWEN3_TINY = dict(hidden=64, experts=32, top_k=8, expert_width=32, heads=2, head_dim=32, kv_heads=1)
 
 
 def section_observer(loaded, args, report) -> None:
@@ -63,6 +67,24 @@ def section_chat(loaded, args, report) -> None:
     plan = plan_from_scores(scores, 0.5, loaded.top_k, loaded.moe_layer_indices, criterion="random")
     print("\n[chat] (goal: batched >= 1.7x the two separate generations on CPU, >= 1.9x on a GPU)")
     report["chat"] = chat_throughput.measure(loaded, plan, args.chat_tokens, args.repeats)
+
+
+def section_qwen3(args, report, device, dtype) -> None:
+    sizes = QWEN3_TINY if args.tiny else QWEN3_REAL
+    tok = char_tokenizer()
+    t = time.perf_counter()
+    model = observer_overhead.qwen3_moe_stack(tok, args.layers, dtype=dtype, device=device, **sizes)
+    loaded = wrap_model(model, tok, model_id="gpu-check-qwen3-stack")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"\n[qwen3] Qwen3MoeForCausalLM, {args.layers} layers, hidden {sizes['hidden']}, {sizes['experts']} experts x "
+          f"{sizes['expert_width']}, top-{sizes['top_k']}, {params / 1e9:.2f}B parameters, built in "
+          f"{time.perf_counter() - t:.1f} s")
+    results = observer_overhead.measure(loaded, args.batch, args.seq, args.repeats)
+    base = results["plain, transformers default (grouped_mm)"]
+    report["qwen3"] = {k: {"ms": v * 1000, "ratio_to_default": v / base} for k, v in results.items()}
+    del loaded, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def section_export(args, report) -> None:
@@ -87,7 +109,7 @@ def main() -> None:
     ap.add_argument("--export-layers", type=int, default=None)
     ap.add_argument("--export-dir", default=tempfile.gettempdir())
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--only", action="append", choices=["observer", "chat", "export"])
+    ap.add_argument("--only", action="append", choices=["observer", "chat", "export", "qwen3"])
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -104,7 +126,7 @@ def main() -> None:
           f"transformers {__import__('transformers').__version__}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPU cores")
     report: dict = {"device": str(device), "gpu": gpu, "torch": torch.__version__, "sizes": sizes, "args": vars(args)}
-    sections = args.only or ["observer", "chat", "export"]
+    sections = args.only or ["observer", "chat", "export", "qwen3"]
     failed = []
     t0 = time.perf_counter()
     loaded = None
@@ -124,6 +146,9 @@ def main() -> None:
                 section_observer(loaded, args, report)
             elif name == "chat":
                 section_chat(loaded, args, report)
+            elif name == "qwen3":
+                loaded = None                   # the Gemma stack's memory back before the Qwen3 one is built
+                section_qwen3(args, report, device, dtype)
             else:
                 section_export(args, report)
         except Exception:                       # one failed section must not cost the others' figures
@@ -131,7 +156,7 @@ def main() -> None:
             print(f"\n[{name}] FAILED:\n{traceback.format_exc()}")
     if device.type == "cuda":
         print(f"\npeak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
-    print(f"total {time.perf_counter() - t0:.0f} s; Qwen3-MoE stack: not yet (that family has not landed)")
+    print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     if failed:

@@ -15,7 +15,8 @@ Each variant is warmed up, then run `--repeats` times (synchronised on a GPU); t
 reported with tokens/s and the ratio to transformers' default. gpu_check.py runs `measure` on a
 real-width stack on the GPU.
 
-    python benchmarks/observer_overhead.py            # CPU: 8 layers, hidden 512, 64 experts, top-8, 4 x 512
+    python benchmarks/observer_overhead.py                      # CPU: Gemma 4 stack, 8 layers, hidden 512, 64 experts, top-8
+    python benchmarks/observer_overhead.py --family qwen3_moe   # CPU: Qwen3-MoE stack, 128 experts, top-8
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ from reap_core.adapters import kernels  # noqa: E402
 from reap_core.calibration import CalibrationSet  # noqa: E402
 from reap_core.model import wrap_model  # noqa: E402
 from reap_core.observer import _Accumulator, observe  # noqa: E402
-from reap_core.tiny import build_tiny_model, char_tokenizer  # noqa: E402
+from reap_core.tiny import build_tiny_family, build_tiny_model, char_tokenizer  # noqa: E402
+
+
+def qwen3_moe_stack(tok, layers: int, hidden: int, experts: int, top_k: int, expert_width: int, heads: int,
+                    head_dim: int, kv_heads: int, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A Qwen3-MoE layer stack (every layer MoE, renormalised top-k) with random weights, on `device`."""
+    return build_tiny_family("qwen3_moe", dtype=dtype, device=device, vocab_size=len(tok), hidden_size=hidden,
+                             num_hidden_layers=layers, mlp_only_layers=[], num_experts=experts,
+                             num_experts_per_tok=top_k, moe_intermediate_size=expert_width,
+                             intermediate_size=hidden * 3, num_attention_heads=heads, head_dim=head_dim,
+                             num_key_value_heads=kv_heads)
 
 
 def sync(device: torch.device) -> None:
@@ -115,7 +126,7 @@ def measure(loaded, batch: int, seq: int, repeats: int, reference: bool = True) 
         observe(loaded, calib, batch_size=batch)
 
     def every_expert():
-        experts = [layer.experts for _, layer in adapter.moe_layers(model)]
+        experts = [adapter.experts(layer) for _, layer in adapter.moe_layers(model)]
         for ex in experts:
             ex.forward = types.MethodType(all_experts_forward, ex)
         try:
@@ -152,9 +163,10 @@ def measure(loaded, batch: int, seq: int, repeats: int, reference: bool = True) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=["gemma4", "qwen3_moe"], default="gemma4")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--experts", type=int, default=64)
+    ap.add_argument("--experts", type=int, default=None, help="default 64 (Gemma 4 stack), 128 (Qwen3-MoE)")
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--expert-width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
@@ -164,11 +176,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = char_tokenizer()
-    model = build_tiny_model("causal", vocab_size=len(tok), hidden=args.hidden, layers=args.layers,
-                             experts=args.experts, top_k=args.top_k, expert_width=args.expert_width,
-                             dense_width=args.hidden * 2, heads=4, head_dim=args.hidden // 4, sliding_window=256)
+    args.experts = args.experts or (128 if args.family == "qwen3_moe" else 64)
+    if args.family == "qwen3_moe":
+        model = qwen3_moe_stack(tok, args.layers, args.hidden, args.experts, args.top_k, args.expert_width, heads=4,
+                                head_dim=args.hidden // 4, kv_heads=2)
+    else:
+        model = build_tiny_model("causal", vocab_size=len(tok), hidden=args.hidden, layers=args.layers,
+                                 experts=args.experts, top_k=args.top_k, expert_width=args.expert_width,
+                                 dense_width=args.hidden * 2, heads=4, head_dim=args.hidden // 4, sliding_window=256)
     loaded = wrap_model(model, tok)
-    print(f"conditions: {args.layers} layers, hidden {args.hidden}, {args.experts} experts (width {args.expert_width}), "
+    print(f"conditions: {type(model).__name__}, {args.layers} layers, hidden {args.hidden}, {args.experts} experts "
+          f"(width {args.expert_width}), "
           f"top-{args.top_k}, float32, CPU only, {args.threads} threads, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
     measure(loaded, args.batch, args.seq, args.repeats)
