@@ -73,3 +73,21 @@ def test_kernel_choice_per_device(monkeypatch):
     monkeypatch.setenv("REAP_OBSERVER_KERNEL", "nope")
     with pytest.raises(ValueError, match="loop, grouped"):
         kernels.observer_kernel_name("cpu")
+
+
+def test_grouped_kernel_takes_bfloat16_gates():
+    """Qwen3-style routers hand bf16 weights to the experts (Gemma 4's are float32); the grouped kernel
+    (what a GPU runs in bf16) must combine them like transformers' grouped_mm (found on the H200)."""
+    from reap_core.adapters.kernels import grouped_experts_forward
+    from reap_core.tiny import build_tiny_family
+
+    model = build_tiny_family("qwen3_moe", dtype=torch.bfloat16)
+    experts = model.model.layers[0].mlp.experts
+    hidden = torch.randn(40, model.config.hidden_size, dtype=torch.bfloat16)
+    _, weights, index = model.model.layers[0].mlp.gate(hidden)
+    assert weights.dtype == torch.bfloat16
+    model.set_experts_implementation("grouped_mm")
+    with torch.no_grad():
+        expected = experts(hidden, index, weights)
+        got = grouped_experts_forward(experts, hidden, index, weights)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)

@@ -139,7 +139,7 @@ def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top
         f = _finish(experts, f)
         if record is not None:
             norms[a:b], absmax[a:b] = _reductions(f)
-        weighted[perm[a:b]] = f * gates[a:b, None]
+        weighted[perm[a:b]] = (f * gates[a:b, None]).float()     # bf16 gates (Qwen3) or float32 (Gemma 4)
     if record is not None:
         record(layer, expert_ids, token_index, gates, norms, absmax)
     return weighted.view(T, K, H).sum(dim=1).to(hidden_states.dtype)
