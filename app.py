@@ -40,8 +40,8 @@ from reap_core.progress import ProgressClock, ProgressState
 from reap_core.prune import PLAN_FILE
 from reap_core.saliency import CRITERIA, compute_scores, get_criterion
 from reap_core.stats import ExpertStats
-from reap_core.studio import (ModelCache, SessionSignals, StatsCache, calibration_line, compression_table,
-                              model_card, plan_caption, plan_summary)
+from reap_core.studio import (ModelCache, SessionSignals, StatsCache, calibration_line, compression_table, flagships,
+                              model_card, plan_caption, plan_summary, thinking_switch)
 from reap_core.task_eval import task_accuracy
 from reap_core.viz import category_heatmap, criteria_agreement, fidelity_figure, saliency_caption, saliency_heatmap
 from reap_core.workspace import Workspace, detect_mode
@@ -57,8 +57,9 @@ except ImportError:
 DEFAULT_MODEL = os.environ.get("REAP_STUDIO_MODEL", BUNDLED_MODEL)
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
 MODE = detect_mode()          # public on a Space / beyond loopback / REAP_STUDIO_PUBLIC=1 (reap_core.workspace)
-MODEL_CHOICES = [("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL),
-                 (f"Gemma 4 26B-A4B — needs a GPU and the Hub ({GEMMA4_26B})", GEMMA4_26B)]
+# the bundled model first, then every family's flagships with their sizes (assets/flagships.json)
+MODEL_CHOICES = ([("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", BUNDLED_MODEL)]
+                 + [(f.label(), f.hub_id) for f in flagships()])
 # The models the server's owner offers: in public mode only these may be read with the server's own
 # token (e.g. a gated Gemma 4); any other Hub id is read with the visitor's sign-in, or anonymously.
 OWNER_MODELS = {BUNDLED_MODEL, GEMMA4_26B, DEFAULT_MODEL}
@@ -246,9 +247,9 @@ def on_model_controls(session: Session):
     except ReapError:
         return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
     toy = is_bundled(loaded)
-    thinking = (gr.update(value=False, interactive=False,
-                          info="Off for the bundled model: it was not trained with a thinking channel")
-                if toy else gr.update(interactive=True, info="Gemma 4's reasoning channel, folded in the answer"))
+    switch = thinking_switch(loaded)
+    thinking = gr.update(label=switch.label, info=switch.info, interactive=switch.enabled,
+                         **({} if switch.enabled else {"value": False}))
     has_pack = pack_for(loaded, PACK) is not None
     return (thinking, gr.update(visible=toy), gr.update(visible=not toy), gr.update(visible=toy),
             gr.update(visible=has_pack, value=has_pack))
@@ -514,7 +515,7 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     user = {"role": "user", "content": message}
     histories = [to_model_history(chat_orig) + [user], to_model_history(chat_pruned) + [user]]
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                  top_p=float(top_p), thinking=bool(thinking) and not is_bundled(loaded))
+                                  top_p=float(top_p), thinking=bool(thinking) and thinking_switch(loaded).enabled)
     base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
     stop = SIGNALS.start(session_id(request), "chat")   # Stop and Clear set it
     try:
@@ -949,7 +950,8 @@ def build_demo() -> gr.Blocks:
                 temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)", min_width=160)
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", min_width=160)
                 max_new = gr.Slider(16, 1024, value=160, step=16, label="Max new tokens", min_width=160)
-                thinking = gr.Checkbox(False, label="Thinking (Gemma 4)", min_width=160)
+                thinking = gr.Checkbox(False, label="Thinking", min_width=160,
+                                       info="The model's reasoning block, where its family has one")
         with gr.Column(visible=DEFAULT_MODEL == BUNDLED_MODEL) as toy_examples:
             gr.Examples([e.prompt for e in EXAMPLES], inputs=prompt, example_labels=example_labels(),
                         label="Example prompts the bundled model answers right (labels: what REAP pruning did to the "

@@ -47,12 +47,41 @@ def cmd_info(args) -> None:
             ("layers", f"{adapter.num_layers(config)} ({counts.moe_layers} with MoE)"),
             ("experts / layer",
              f"{counts.num_experts}, top-{counts.top_k} per token, width {adapter.expert_width(config)}"),
-            ("hidden size", str(text.hidden_size))]
+            ("hidden size", str(text.hidden_size)),
+            ("gate", adapter.layout.gate_definition)]
+    if adapter.layout.shared_experts:
+        rows.append(("shared experts", f"always on, never pruned ({', '.join(adapter.layout.shared_experts)})"))
+    if adapter.expert_groups(config) > 1:
+        rows.append(("expert groups", f"{adapter.expert_groups(config)} (a prune removes the same number from each)"))
     said = ("experts per layer", "experts per token")          # in the 'experts / layer' line already
     rows += [(k.lower(), str(v)) for k, v in size.as_row().items() if k.lower() not in said]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def cmd_models(args) -> None:
+    """The models the app's picker suggests: the bundled one, then every family's flagships, with the
+    sizes `info` gives (measured from their configs by scripts/flagship_sizes.py) where we have them."""
+    from .adapters import find_adapter
+    from .model import BUNDLED_MODEL, load_config
+    from .sizing import count_params, human_count, size_at
+    from .studio import flagships, hardware_for
+
+    config = load_config(BUNDLED_MODEL)             # local and tiny: measured here
+    adapter = find_adapter(config)
+    counts = count_params(config, adapter)
+    toy = size_at(counts, counts.num_experts)
+    rows = [("model", "family", "total params", "active params", "needs"),
+            (BUNDLED_MODEL, adapter.layout.family, human_count(toy.total_params), human_count(toy.active_params),
+             "nothing: bundled, runs on a CPU offline")]
+    for f in flagships():
+        sized = f.total_params is not None
+        rows.append((f.hub_id, f.family, human_count(f.total_params) if sized else "?",
+                     human_count(f.active_params) if sized else "?",
+                     f"{hardware_for(f.total_params)} and the Hub" if sized
+                     else f"the Hub (sizes: info --model {f.hub_id})"))
+    _print_table(rows)
 
 
 def cmd_plan(args) -> None:
@@ -277,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .saliency import criterion_names
 
     parser = argparse.ArgumentParser(prog="python -m reap_core",
-                                     description="REAP expert pruning for Mixture-of-Experts LLMs (Gemma 4).")
+                                     description="REAP expert pruning for Mixture-of-Experts LLMs (Gemma 4, Qwen3-MoE, GLM-4.5, "
+                                                 "DeepSeek-V3 and more: see 'models').")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
@@ -288,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
         return p
 
+    p = sub.add_parser("models", help="models to try: the bundled one and every family's flagships, with sizes",
+                       description="models to try: the bundled one and every family's flagships, with the sizes "
+                                   "'info' gives (measured once from their configs)")
+    p.set_defaults(fn=cmd_models)
     add("info", cmd_info, "layers, experts and sizes, from the config alone")
     p = add("plan", cmd_plan, "original vs pruned sizes for a ratio, from the config alone")
     p.add_argument("--ratio", type=float, required=True, help="fraction of experts to remove per layer, 0 < R < 1")

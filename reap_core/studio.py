@@ -8,21 +8,26 @@ calibrates the same model on the same data gets the result at once. Still no UI 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
 
 from .calibration import CalibrationSet
 from .demo import KNOWS
 from .eval_defaults import is_bundled
-from .model import LoadedModel, load_model
+from .model import ASSETS_DIR, LoadedModel, load_model
 from .observer import observe
 from .plan import PruningPlan
 from .saliency import get_criterion
 from .sizing import (ParamCounts, checkpoint_format, count_params, human_bytes, human_count, size_at,
                      sizes_for_ratio)
 from .stats import ExpertStats
+
+FLAGSHIPS_FILE = ASSETS_DIR / "flagships.json"   # written by scripts/flagship_sizes.py
 
 
 class ModelCache:
@@ -133,13 +138,22 @@ class ModelCard:
 
 def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> ModelCard:
     size = size_at(counts, counts.num_experts, fmt)
-    arch = ", ".join(getattr(loaded.config, "architectures", None) or [type(loaded.model).__name__])
+    adapter, config = loaded.adapter, loaded.config
+    arch = ", ".join(getattr(config, "architectures", None) or [type(loaded.model).__name__])
+    moe = adapter.moe_layers(loaded.model)
+    shared = adapter.shared_experts(moe[0][1]) if moe else []
+    groups = adapter.expert_groups(config)
     return ModelCard([
         ("Model", f"`{loaded.model_id}`"),
-        ("Architecture", f"{arch} ({loaded.adapter.layout.family}{', vision tower kept' if loaded.is_multimodal else ''})"),
+        ("Architecture", f"{arch} ({adapter.layout.family}{', vision tower kept' if loaded.is_multimodal else ''})"),
         ("Layers", f"{loaded.num_layers} ({counts.moe_layers} with MoE)"),
-        ("Experts per layer", f"{counts.num_experts} (width {loaded.adapter.expert_width(loaded.config)})"),
+        ("Experts per layer", f"{counts.num_experts} (width {adapter.expert_width(config)})"),
         ("Experts per token (top-k)", str(counts.top_k)),
+        ("Gate (what REAP weighs)", adapter.layout.gate_definition),
+    ] + ([("Shared experts", f"always on, never pruned ({', '.join(f'`{m}`' for m in shared)})")] if shared else [])
+      + ([("Expert groups", f"{groups} (group-limited routing: each token picks its experts from "
+                            f"{adapter.groups_chosen(config)} groups); a prune removes the same number of experts "
+                            f"from every group")] if groups > 1 else []) + [
         ("Total parameters", human_count(size.total_params)),
         ("Active parameters / token", human_count(size.active_params)),
         ("dtype · device", f"{str(loaded.dtype).replace('torch.', '')} · {loaded.device}"),
@@ -148,6 +162,97 @@ def model_card(loaded: LoadedModel, counts: ParamCounts, fmt: str = "BF16") -> M
     ] + ([("Image input", f"off — the processor could not be loaded ({loaded.processor_error})")]
          if loaded.processor_error else []),
         note=f"**What it knows:** {KNOWS}" if is_bundled(loaded) else "")
+
+
+@dataclass(frozen=True)
+class ThinkingSwitch:
+    """What the chat's Thinking checkbox may do for a loaded model: its family's reasoning markup
+    (adapter.layout.thinking_markers), and whether the model's own chat template has a switch for it."""
+    enabled: bool
+    label: str
+    info: str
+
+
+def chat_template_text(tokenizer: Any) -> str:
+    """The tokenizer's chat template(s) as one text ('' without one): some tokenizers hold several."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "\n".join(template.values()) if isinstance(template, dict) else str(template)
+
+
+def thinking_switch(loaded: LoadedModel) -> ThinkingSwitch:
+    family = loaded.adapter.layout.family
+    markers = loaded.adapter.layout.thinking_markers
+    label = f"Thinking ({family})"
+    if is_bundled(loaded):
+        return ThinkingSwitch(False, label, "Off for the bundled model: it was not trained with a thinking channel")
+    if not markers:
+        return ThinkingSwitch(False, label, f"Off: {family} models have no reasoning block to switch on")
+    shown = f"{markers[0]} … {markers[1]}"
+    if "enable_thinking" not in chat_template_text(loaded.tokenizer):
+        return ThinkingSwitch(False, label, f"This model's chat template has no thinking switch; reasoning it "
+                                            f"writes ({shown}) is still folded above the answer")
+    return ThinkingSwitch(True, label, f"The model's reasoning block ({shown}), folded above the answer")
+
+
+# --- the model picker: every family's flagships, with sizes measured from their configs --------------
+
+@dataclass(frozen=True)
+class Flagship:
+    hub_id: str
+    family: str
+    total_params: int | None = None      # from assets/flagships.json (None: no config measured here)
+    active_params: int | None = None
+
+    def label(self) -> str:
+        name = self.hub_id.rpartition("/")[2]
+        if self.total_params is None:
+            return f"{name} — {self.family}, size not measured here, needs the Hub"
+        return (f"{name} — {self.family}, {_billions(self.total_params)} params "
+                f"({_billions(self.active_params)} active), needs {hardware_for(self.total_params)} and the Hub")
+
+
+def _billions(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+GPU_BYTES = 80e9          # one 80 GB GPU; a node of 8 of them
+NODE_GPUS = 8
+
+
+def hardware_for(total_params: int, bytes_per_param: int = 2) -> str:
+    """What holding the weights (bf16 on a GPU) takes, roughly: one GPU, one node, or more."""
+    need = total_params * bytes_per_param
+    if need <= GPU_BYTES:
+        return "a GPU"
+    if need <= NODE_GPUS * GPU_BYTES:
+        return "several GPUs"
+    return "a GPU cluster"
+
+
+@lru_cache(maxsize=4)
+def measured_flagships(path: Path = FLAGSHIPS_FILE) -> dict[str, dict]:
+    """Hub id -> {family, total_params, active_params, experts, top_k}; {} without the file."""
+    try:
+        return json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def flagships(path: Path = FLAGSHIPS_FILE) -> list[Flagship]:
+    """Every registered family's flagship ids, families in registration order (Gemma 4 first), with
+    the sizes `python -m reap_core info` gives for those whose configs were measured."""
+    from .adapters import ADAPTERS
+
+    measured = measured_flagships(path)
+    out, seen = [], set()
+    for adapter in ADAPTERS.values():
+        for hub_id in adapter.layout.flagships:
+            if hub_id in seen:
+                continue
+            seen.add(hub_id)
+            m = measured.get(hub_id) or {}
+            out.append(Flagship(hub_id, adapter.layout.family, m.get("total_params"), m.get("active_params")))
+    return out
 
 
 def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> str:

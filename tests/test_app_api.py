@@ -213,6 +213,72 @@ def test_local_non_moe_model_is_refused(app, tmp_path):
     assert "Experts per layer" in load(c)
 
 
+# --- other families (issue 12): the picker, and a tiny model of a family driven through every step -----
+
+def test_picker_suggests_every_familys_flagships(app):
+    import urllib.request
+
+    from reap_core.studio import flagships
+
+    with urllib.request.urlopen(app.url + "config", timeout=10) as resp:
+        config = json.loads(resp.read())
+    picker = next(c["props"] for c in config["components"]
+                  if str(c.get("props", {}).get("label", "")).startswith("Model: pick one"))
+    choices = [tuple(ch) for ch in picker["choices"]]
+    assert choices[0][1] == BUNDLED and picker["value"] == BUNDLED          # the bundled model first, and the default
+    values = [v for _label, v in choices]
+    assert set(values) == {BUNDLED} | {f.hub_id for f in flagships()}
+    labels = dict((v, label) for label, v in choices)
+    assert labels["Qwen/Qwen3-Coder-480B-A35B-Instruct"] == (
+        "Qwen3-Coder-480B-A35B-Instruct — qwen3_moe, 480.2B params (35.5B active), needs a GPU cluster and the Hub")
+    assert "size not measured here" in labels["Qwen/Qwen3-235B-A22B"]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """Tiny random Qwen3-MoE (with a Qwen3-style ChatML template that reads enable_thinking) and GLM-4.5
+    (shared experts, sigmoid router with a selection bias; the char tokenizer's own template), saved."""
+    from reap_core.tiny import build_tiny_family, char_tokenizer
+    from test_flagships import chatml_tokenizer
+
+    dirs = {}
+    for family, tok in (("qwen3_moe", chatml_tokenizer()), ("glm4_moe", char_tokenizer())):
+        folder = tmp_path_factory.mktemp(f"tiny-{family}")
+        build_tiny_family(family, vocab_size=len(tok)).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        dirs[family] = folder
+    return dirs
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe"])
+def test_another_family_through_every_step(app, family_dirs, family):
+    """Card, calibration, heatmap, size table, inspector, prune and chat on a local tiny model of another
+    family (8 experts, top-2; MoE layers 0 and 2 of 3)."""
+    c = new_client(app)
+    card = load(c, str(family_dirs[family]))
+    assert f"({family})" in card and "Gate (what REAP weighs)" in card and "Experts per layer | 8" in card
+    if family == "glm4_moe":
+        assert "| Shared experts | always on, never pruned (`mlp.shared_experts`) |" in card and "sigmoid" in card
+    else:
+        assert "Shared experts" not in card and "renormalised over the top-k" in card
+    assert_ok(calibrate(c)[0])
+    fig, table, _category, _notice = view(c, 0.5)
+    heat = json.loads(fig["plot"])["data"][0]
+    assert heat["type"] == "heatmap" and shape_of(heat["z"]) == (2, 8)
+    assert "Pruned (50%)" in table and "| Experts per layer | 8 | **4** |" in table
+    inspector = c.predict("L2", 3, api_name="/expert")
+    assert inspector.startswith("**Expert 3, layer L2**"), inspector
+    status = prune(c, 0.5)
+    assert_ok(status)
+    assert "4 of 8" in status
+    orig, pruned, chat_status, _prompt = c.predict("What is 2 + 3?", None, [], [], 0.0, 0.95, 16, True,
+                                                   api_name="/chat")     # thinking asked: on where it can be
+    assert chat_status == ""
+    for pane in (orig, pruned):
+        assert [m["role"] for m in pane][0] == "user" and pane[-1]["role"] == "assistant"
+    assert "Experts per layer" in load(c)                                    # back to the bundled model
+
+
 def test_failed_load_keeps_previous_work(app):
     """DESIGN: errors never lose work already done. A typo in the model box must not wipe the
     statistics and pruned view of the model already loaded."""

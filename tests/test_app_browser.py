@@ -246,7 +246,7 @@ def test_desktop_flow(app, browser):
 
         # 8. chat: an example prompt the bundled model answers right; the thinking box is off for it
         page.get_by_text("Generation settings").click()
-        expect(page.get_by_label("Thinking (Gemma 4)")).to_be_disabled()
+        expect(page.get_by_label("Thinking (gemma4)")).to_be_disabled()
         expect(page.get_by_text("not trained with a thinking channel")).to_be_visible()
         page.get_by_text("Generation settings").click()
         page.get_by_text(re.compile(r"^code: original right")).click()
