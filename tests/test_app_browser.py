@@ -347,3 +347,49 @@ def test_phone_width(app, browser):
         assert not page.page_errors, page.page_errors
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    """A tiny random Qwen3-MoE saved with a Qwen3-style ChatML template that reads enable_thinking."""
+    from reap_core.tiny import build_tiny_family
+    from test_flagships import chatml_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-moe")
+    tok = chatml_tokenizer()
+    build_tiny_family("qwen3_moe", vocab_size=len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_another_family(app, browser, qwen_dir, viewport):
+    """A Qwen3-MoE folder typed into the picker: its card (family, gate), a live calibration's heatmap
+    (2 MoE layers x 8 experts), the Thinking box named after its family; at 390 px nothing past the edge."""
+    context, page = open_page(browser, app.url, viewport)
+    shot = Shots(page, f"{viewport}-qwen3")
+    expect = sync_api.expect
+    try:
+        picker = page.get_by_label(re.compile("Model: pick one"))
+        picker.fill(str(qwen_dir))
+        picker.press("Enter")
+        page.get_by_role("button", name="Load", exact=True).click()
+        card = page.locator("#model-card")
+        expect(card).to_contain_text("(qwen3_moe)", timeout=60_000)
+        expect(card).to_contain_text("Gate (what REAP weighs)")
+        shot("card", card)
+        page.get_by_label("Samples per category").fill("2")
+        page.get_by_role("button", name="Run calibration").click()
+        expect(page.locator("#calib-status")).to_contain_text("Observed", timeout=120_000)
+        wait_until(lambda: pruned_marker_count(page) == 2 * 2, what="2 pruned markers in each of 2 layers")
+        shot("heatmap", page.locator("#saliency-heatmap"))
+        shot("size-table", page.locator("#size-table"))
+        page.get_by_text("Generation settings").click()
+        thinking = page.get_by_label("Thinking (qwen3_moe)")
+        expect(thinking).to_be_enabled()
+        expect(page.get_by_text("<think> … </think>")).to_be_visible()
+        shot("thinking", thinking)
+        assert_fits(page, f"{viewport}, another family")
+        assert not page.page_errors, page.page_errors
+    finally:
+        context.close()
