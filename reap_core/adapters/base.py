@@ -38,17 +38,18 @@ class MoELayout:
 
     family: str
     model_types: tuple[str, ...]          # config.model_type values this family uses
-    layer_list_paths: tuple[str, ...]     # attribute paths to the decoder layers, first match wins
-    checkpoint_layer_prefixes: tuple[str, ...]  # key prefixes of layer N in a checkpoint ("...layers.{i}.")
-    router_module: str                    # the router: its forward returns (logits, top_k_weights, top_k_index)
     expert_tensors: tuple[tuple[str, int], ...]  # (tensor name in a layer, expert axis) to slice
-    experts_module: str                   # module holding the fused expert weights
     num_experts_key: str                  # config key counting experts per layer
-    top_k_key: str                        # config key for experts per token
     expert_width_key: str                 # config key for one expert's intermediate width (I)
-    text_config_attr: str | None          # sub-config holding the keys above, if multimodal
-    non_text_prefixes: tuple[str, ...]    # parameter prefixes outside the language model (vision, audio)
     gate_definition: str                  # what "gate" means for this family, for docs and recipes
+    # where things are; the defaults are the decoder-only layout most families share
+    router_module: str = "mlp.gate"       # the router: its forward returns (logits, top_k_weights, top_k_index)
+    experts_module: str = "mlp.experts"   # module holding the fused expert weights
+    top_k_key: str = "num_experts_per_tok"   # config key for experts per token
+    layer_list_paths: tuple[str, ...] = ("model.layers",)   # attribute paths to the decoder layers, first match wins
+    checkpoint_layer_prefixes: tuple[str, ...] = ("model.layers.{i}.",)  # key prefixes of layer N in a checkpoint
+    text_config_attr: str | None = None   # sub-config holding the keys above, if multimodal
+    non_text_prefixes: tuple[str, ...] = ()   # parameter prefixes outside the language model (vision, audio)
     # masking: a routing rule (routing.py) re-routes with pruned experts out of the selection; None =
     # mask the output of `router_logits_module` (a submodule whose logits go straight into a softmax)
     routing: str | None = None

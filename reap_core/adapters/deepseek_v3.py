@@ -19,20 +19,13 @@ from .base import MoEAdapter, MoELayout, register_adapter
 DEEPSEEK_V3_LAYOUT = MoELayout(
     family="deepseek_v3",
     model_types=("deepseek_v3",),
-    layer_list_paths=("model.layers",),
-    checkpoint_layer_prefixes=("model.layers.{i}.",),
-    router_module="mlp.gate",
     routing="sigmoid_bias",
     expert_tensors=(("mlp.gate.weight", 0),                    # router rows [E, H]
                     ("mlp.gate.e_score_correction_bias", 0),   # selection bias [E] (a buffer)
                     ("mlp.experts.gate_up_proj", 0),           # [E, 2I, H]
                     ("mlp.experts.down_proj", 0)),             # [E, H, I]
-    experts_module="mlp.experts",
     num_experts_key="n_routed_experts",
-    top_k_key="num_experts_per_tok",
     expert_width_key="moe_intermediate_size",
-    text_config_attr=None,
-    non_text_prefixes=(),
     gate_definition=("sigmoid score of the expert (selection adds e_score_correction_bias, limited to the best "
                      "topk_group groups; the gate does not), renormalised over the top-k, times "
                      "routed_scaling_factor: the weight DeepSeek-V3 applies to the expert's output"),

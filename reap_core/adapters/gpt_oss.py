@@ -14,19 +14,13 @@ from .base import MoEAdapter, MoELayout, register_adapter
 GPT_OSS_LAYOUT = MoELayout(
     family="gpt_oss",
     model_types=("gpt_oss",),
-    layer_list_paths=("model.layers",),
-    checkpoint_layer_prefixes=("model.layers.{i}.",),
     router_module="mlp.router",
     routing="topk_softmax",
     expert_tensors=(("mlp.router.weight", 0), ("mlp.router.bias", 0),
                     ("mlp.experts.gate_up_proj", 0), ("mlp.experts.gate_up_proj_bias", 0),   # [E, H, 2I], [E, 2I]
                     ("mlp.experts.down_proj", 0), ("mlp.experts.down_proj_bias", 0)),        # [E, I, H], [E, H]
-    experts_module="mlp.experts",
     num_experts_key="num_local_experts",
-    top_k_key="num_experts_per_tok",
     expert_width_key="intermediate_size",
-    text_config_attr=None,
-    non_text_prefixes=(),
     gate_definition=("softmax over the top-k router logits (router with bias): the weight gpt-oss applies to the "
                      "expert's output"),
     checkpoint_expert_aliases=(("mlp.experts.gate_up_proj_blocks", 0), ("mlp.experts.gate_up_proj_scales", 0),

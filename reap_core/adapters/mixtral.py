@@ -14,18 +14,11 @@ from .qwen3_moe import QWEN_EXPERTS
 MIXTRAL_LAYOUT = MoELayout(
     family="mixtral",
     model_types=("mixtral",),
-    layer_list_paths=("model.layers",),
-    checkpoint_layer_prefixes=("model.layers.{i}.",),
-    router_module="mlp.gate",
     routing="softmax_topk",
     routing_options=(("weights_in_logits_dtype", False),),   # Mixtral keeps the weights in float32
     expert_tensors=QWEN_EXPERTS,
-    experts_module="mlp.experts",
     num_experts_key="num_local_experts",
-    top_k_key="num_experts_per_tok",
     expert_width_key="intermediate_size",
-    text_config_attr=None,
-    non_text_prefixes=(),
     gate_definition=("softmax probability renormalised over the top-k experts: the weight Mixtral applies to the "
                      "expert's output"),
     checkpoint_expert_lists=("block_sparse_moe.experts", "mlp.experts"),

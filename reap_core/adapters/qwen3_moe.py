@@ -28,17 +28,10 @@ def sparse_step_layers(text_config: Any) -> list[int]:
 QWEN3_MOE_LAYOUT = MoELayout(
     family="qwen3_moe",
     model_types=("qwen3_moe",),
-    layer_list_paths=("model.layers",),
-    checkpoint_layer_prefixes=("model.layers.{i}.",),
-    router_module="mlp.gate",
     routing="softmax_topk",
     expert_tensors=QWEN_EXPERTS,
-    experts_module="mlp.experts",
     num_experts_key="num_experts",
-    top_k_key="num_experts_per_tok",
     expert_width_key="moe_intermediate_size",
-    text_config_attr=None,
-    non_text_prefixes=(),
     gate_definition=("softmax probability over all experts, renormalised over the top-k when norm_topk_prob "
                      "(true for Qwen3-MoE): the weight Qwen3-MoE applies to the expert's output"),
     checkpoint_expert_lists=("mlp.experts",),
