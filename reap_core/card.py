@@ -127,14 +127,15 @@ def base_license(folder: Path | None) -> str | None:
 def card_inputs(config: Any, adapter: MoEAdapter, plan: PruningPlan, weight_dtype: str, *, repo_name: str,
                 source_folder: Path | None, multimodal: bool, eval_results: dict | None) -> CardInputs:
     """Sizes from the config alone (reap_core.sizing), in the format the weights are stored in."""
-    from .sizing import count_params, size_at
+    from .sizing import BYTES_PER_PARAM, checkpoint_format, count_params, size_at
 
     counts = count_params(config, adapter)
-    fmt = weight_dtype if weight_dtype in ("BF16", "F32") else "BF16"
+    # the expert tensors' dtype, or the quantisation config.json declares (FP8 is F8_E4M3, MXFP4 is U8 blocks)
+    fmt = weight_dtype if weight_dtype in BYTES_PER_PARAM else checkpoint_format(config)
     original, pruned = size_at(counts, plan.num_experts, fmt), size_at(counts, plan.num_kept, fmt)
-    if fmt != weight_dtype:
-        original = replace(original, format=f"{weight_dtype} safetensors")
-        pruned = replace(pruned, format=f"{weight_dtype} safetensors")
+    if fmt == "BF16" and weight_dtype not in BYTES_PER_PARAM:     # a dtype we have no size rule for: say so
+        original = replace(original, format=f"{weight_dtype} safetensors (sized as BF16)")
+        pruned = replace(pruned, format=f"{weight_dtype} safetensors (sized as BF16)")
     return CardInputs(repo_name=repo_name, family=adapter.layout.family,
                       pipeline_tag="image-text-to-text" if multimodal else "text-generation",
                       license=base_license(source_folder), original=original, pruned=pruned,

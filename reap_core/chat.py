@@ -70,6 +70,10 @@ def split_reasoning(text: str) -> tuple[str, str]:
             reasoning = re.sub(r"^thought\s*\n?", "", thought).strip()   # Gemma 4 names its channel "thought"
             text = before + (after if closed else "")
             break
+        if close in text:     # the template opened the block in the prompt (Qwen3-Thinking, DeepSeek-R1)
+            thought, _, text = text.partition(close)
+            reasoning = thought.strip()
+            break
     for header in answers:            # gpt-oss: the answer follows its "final" channel header
         if header in text:
             text = text.split(header, 1)[1]

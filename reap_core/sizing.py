@@ -7,7 +7,9 @@ every ratio afterwards is arithmetic. Definitions (also in the README and model 
   active params     language-model parameters used for one token: everything in the text model
                     except the experts, plus top_k experts per MoE layer (router rows all count,
                     embeddings count; vision/audio towers do not)
-  size              total params x bytes per parameter of the checkpoint's dtype (BF16 for Gemma 4)
+  size              total params x bytes per parameter of the checkpoint's format: its dtype (BF16 for
+                    Gemma 4), or its quantisation (FP8: ~1 byte per parameter, block scales aside;
+                    MXFP4, gpt-oss: 4.25 bits per expert parameter, the rest BF16)
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ import torch
 from .adapters import MoEAdapter, find_adapter, get_by_path
 from .plan import check_ratio, experts_to_prune
 
-BYTES_PER_PARAM = {"BF16": 2, "F16": 2, "F32": 4}
+BYTES_PER_PARAM = {"BF16": 2, "F16": 2, "F32": 4, "FP8": 1, "MXFP4": 2}
+EXPERT_BYTES_PER_PARAM = {"MXFP4": 4.25 / 8}    # 4-bit values + one 8-bit scale per 32; only the experts
 _FORMATS = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+_QUANTISED = {"fp8": "FP8", "mxfp4": "MXFP4"}
 
 
 def checkpoint_format(config: Any) -> str:
-    """The dtype the checkpoint is stored in (config.json's dtype), which an export keeps."""
+    """The format the checkpoint is stored in, which an export keeps: its quantisation where
+    config.json declares one (DeepSeek-V3 and MiniMax-M2: FP8; gpt-oss: MXFP4), else its dtype."""
+    quant = getattr(config, "quantization_config", None)
+    method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None))
+    if str(method or "").lower() in _QUANTISED:
+        return _QUANTISED[str(method).lower()]
     dtype = str(getattr(config, "dtype", None) or "bfloat16")
     return _FORMATS.get(dtype.replace("torch.", ""), "BF16")
 
@@ -110,8 +119,11 @@ def size_at(counts: ParamCounts, experts_kept: int, fmt: str = "BF16") -> ModelS
     text_total = total - counts.non_text
     active = (text_total - counts.moe_layers * experts_kept * counts.expert_mlp_params
               + counts.moe_layers * min(counts.top_k, experts_kept) * counts.expert_mlp_params)
+    expert_params = counts.moe_layers * experts_kept * counts.expert_mlp_params
+    size = (total - expert_params) * BYTES_PER_PARAM[fmt] + \
+        expert_params * EXPERT_BYTES_PER_PARAM.get(fmt, BYTES_PER_PARAM[fmt])
     return ModelSize(experts_per_layer=experts_kept, experts_per_token=counts.top_k, total_params=total,
-                     active_params=active, bytes=total * BYTES_PER_PARAM[fmt], format=f"{fmt} safetensors")
+                     active_params=active, bytes=int(size), format=f"{fmt} safetensors")
 
 
 def sizes_for_ratio(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> tuple[ModelSize, ModelSize]:

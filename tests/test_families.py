@@ -272,6 +272,7 @@ def test_reasoning_is_split_in_every_familys_markup():
              "<think>\n2 + 3\n</think>\n\n5<|im_end|>": ("2 + 3", "5"),                                       # Qwen3, GLM
              "<|channel|>analysis<|message|>2 + 3<|end|><|start|>assistant<|channel|>final<|message|>5<|return|>":
                  ("2 + 3", "5"),                                                                              # gpt-oss
+             "2 + 3</think>\n\n5<|im_end|>": ("2 + 3", "5"),               # <think> opened by the template
              "5</s>": ("", "5")}                                                                              # none
     for raw, want in cases.items():
         assert split_reasoning(raw) == want

@@ -66,3 +66,16 @@ def test_published_reap_prunes_are_reproduced(counts):
         ours = size_at(c, kept).total_params / 1e9
         published = _billions(row["published_total"])
         assert abs(ours - published) < min(1.0, 0.01 * published), (row["pruned_id"], ours, published)
+
+
+def test_quantised_checkpoints_are_sized_in_their_own_format(counts):
+    from reap_core.sizing import checkpoint_format
+
+    expected = {"deepseek-v3": "FP8", "minimax-m2": "FP8", "gpt-oss-20b": "MXFP4", "qwen3-30b-a3b": "BF16"}
+    for name, fmt in expected.items():
+        assert checkpoint_format(load_config(str(CONFIGS / name))) == fmt
+    _, c = counts["gpt-oss-20b"]
+    # openai/gpt-oss-20b on the Hub: 13.8 GB of safetensors (MXFP4 experts, BF16 everything else)
+    assert abs(size_at(c, c.num_experts, "MXFP4").bytes / 1e9 - 13.8) < 0.3
+    _, c = counts["deepseek-v3"]
+    assert size_at(c, c.num_experts, "FP8").bytes == c.total      # one byte per parameter
