@@ -1,7 +1,8 @@
 """Stage 6b — physical pruning of a model in memory, and saving it as a loadable folder.
 
-Slicing keeps the plan's experts (ascending ids) in router rows, per-expert scales and the fused
-expert tensors of every MoE layer, then updates the expert counters in the modules and config.
+Slicing keeps the plan's experts (ascending ids) in every per-expert tensor the family's adapter
+lists (router rows and biases, selection biases, scales, the fused expert tensors) of every MoE
+layer, then updates the expert counters in the modules and config.
 The folder is written to a temporary sibling and renamed at the end (reap_core.atomic), so an
 interrupted save never leaves a half model under the final name nor touches an earlier one.
 reap_core.export writes the complete, verified folder for publishing (streaming or in memory).

@@ -226,7 +226,7 @@ class CheckpointSource(TensorSource):
         file, start = self.location[entry.source_name]
         shape = self.source_shapes[entry.source_name]
         fd = self._fd(file)
-        if entry.kept is not None and entry.axis != 0:      # not Gemma 4: read once, slice in memory
+        if entry.kept is not None and entry.axis != 0:      # no known family: read once, slice in memory
             data = bytearray(os.pread(fd, Entry(entry.name, entry.dtype, shape).nbytes, start))
             t = torch.frombuffer(data, dtype=DTYPES[entry.dtype]).reshape(shape)
             yield t.index_select(entry.axis, torch.as_tensor(entry.kept, dtype=torch.long)).contiguous()
