@@ -117,11 +117,14 @@ def build_calibration(spec: str, tokenizer: Any, max_tokens: int = 512, samples_
     return tokenize_samples(samples, tokenizer, max_tokens, spec=spec)
 
 
-def iter_batches(calib: CalibrationSet, batch_size: int, pad_id: int) -> Iterator[Batch]:
-    """Right-padded batches of similar-length samples (sorted, so little compute goes to padding)."""
+def iter_batches(calib: CalibrationSet, batch_size: int, pad_id: int,
+                 only: list[int] | None = None) -> Iterator[Batch]:
+    """Right-padded batches of similar-length samples (sorted, so little compute goes to padding);
+    `only`: these sample indices (a shard), all by default."""
     if batch_size < 1:
         raise CalibrationError("batch size must be at least 1")
-    order = sorted(range(len(calib.token_ids)), key=lambda i: -len(calib.token_ids[i]))
+    chosen = range(len(calib.token_ids)) if only is None else only
+    order = sorted(chosen, key=lambda i: -len(calib.token_ids[i]))
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
         width = max(len(calib.token_ids[i]) for i in ids)

@@ -99,32 +99,58 @@ def cmd_plan(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
+    from . import distributed
     from .calibration import build_calibration
     from .model import load_model
     from .observer import observe
     from .progress import TerminalProgress
     from .stats import stats_path
 
+    shard = distributed.parse_shard(args.shard) if args.shard else None
+    device = "auto"
+    if distributed.launched_by_torchrun():   # torchrun / accelerate launch: one rank of a process group
+        if shard:
+            raise ReapError("--shard splits the samples across separate runs; under torchrun the ranks split them "
+                           "already: use one or the other")
+        device = str(distributed.init_from_environment())
+    rank, world_size = distributed.world()
     if args.out is None:
-        args.out = str(OUTPUTS / f"{Path(args.model.rstrip('/')).name}-stats.npz")
+        suffix = f"-shard{shard[0] + 1}of{shard[1]}" if shard else ""
+        args.out = str(OUTPUTS / f"{Path(args.model.rstrip('/')).name}-stats{suffix}.npz")
     check_output_file(str(stats_path(args.out)), "--out")   # '.npz' is appended as save() does
-    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
     calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
                               samples_per_category=args.samples_per_category)
-    print(f"calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
+    part = (f"shard {shard[0] + 1} of {shard[1]}: " if shard else
+            f"rank {rank} of {world_size}: " if world_size > 1 else "")
+    print(f"{part}calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
           f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
-    bar = TerminalProgress("calibration", "tokens")
+    bar = TerminalProgress("calibration" + (f" (rank {rank})" if world_size > 1 else ""), "samples")
     start = time.perf_counter()
     try:
-        stats = observe(loaded, calib, batch_size=args.batch_size,
-                        progress=lambda done, total, tokens: bar.update(tokens, calib.num_tokens,
-                                                                        f"sample {done} of {total}"))
+        stats = observe(loaded, calib, batch_size=args.batch_size, shard=shard,
+                        progress=lambda done, total, tokens: bar.update(done, total, f"{tokens:,} tokens"))
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    path = stats.save(args.out)
-    print(f"observed {calib.num_tokens} tokens in {seconds:.1f} s ({calib.num_tokens / seconds:.0f} tokens/s); "
-          f"statistics written to {path}")
+    observed = sum(stats.tokens_per_category)
+    if rank == 0:
+        path = stats.save(args.out)
+        note = (f"; shard {shard[0] + 1} of {shard[1]}: combine all with 'merge-stats'" if shard else
+                f"; {world_size} ranks reduced into one file" if world_size > 1 else "")
+        print(f"observed {observed} tokens in {seconds:.1f} s ({observed / seconds:.0f} tokens/s); "
+              f"statistics written to {path}{note}")
+
+
+def cmd_merge_stats(args) -> None:
+    from .distributed import merge_stats
+    from .stats import ExpertStats, stats_path
+
+    check_output_file(str(stats_path(args.out)), "--out")
+    parts = [ExpertStats.load(f) for f in args.files]
+    merged = merge_stats(parts)
+    path = merged.save(args.out)
+    print(f"merged {len(parts)} shards ({sum(merged.tokens_per_category):,} tokens) into {path}")
 
 
 def cmd_prune(args) -> None:
@@ -336,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many samples per category")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--shard", help="i/n: observe only shard i of n of the samples (separate jobs; combine the n "
+                                   "files with merge-stats). Under torchrun the ranks split the samples themselves")
+    p = sub.add_parser("merge-stats", help="combine the statistics files of calibrate --shard 1/n … n/n into one",
+                       description="combine the statistics files of calibrate --shard 1/n … n/n into one; files of "
+                                   "other models, layers or calibration settings are refused")
+    p.set_defaults(fn=cmd_merge_stats)
+    p.add_argument("files", nargs="+", help="the n shard files (.npz)")
+    p.add_argument("--out", required=True, help="statistics file to write (.npz)")
 
     def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         """What a PruningPlan is made of: the same flags for prune and export."""

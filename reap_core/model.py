@@ -286,8 +286,8 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     device, torch_dtype = pick_device_and_dtype(dtype, device)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, token=token,
                                   output_loading_info=True)
-    if device.startswith("cuda"):
-        kwargs["device_map"] = "auto"  # accelerate spreads a model larger than one GPU over several
+    if device.startswith("cuda"):      # "cuda": accelerate spreads a model larger than one GPU over several;
+        kwargs["device_map"] = "auto" if device == "cuda" else {"": device}   # "cuda:1": that one (a torchrun rank)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (MemoryError, torch.OutOfMemoryError) as exc:   # the truth, not "not found on the Hub"

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .calibration import CalibrationSet, iter_batches
 from .model import LoadedModel
 from .stats import MAX_STATS, SUM_STATS, ExpertStats
@@ -68,15 +69,16 @@ class _Accumulator:
 
     def _keep_top_tokens(self, row: int, e: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> None:
         n_flat = self.valid.numel()
-        dense = torch.full((self.E, n_flat), -math.inf, dtype=torch.float32, device=score.device)
-        dense[e, t] = score  # a token reaches an expert at most once per layer: no collisions
-        k = min(self.top_n, n_flat)
-        val, idx = dense.topk(k, dim=1)
-        merged_val = torch.cat([self.top_score[row], val], dim=1)
-        merged_tok = torch.cat([self.top_token[row], self.global_token[idx]], dim=1)
-        best_val, best_pos = merged_val.topk(self.top_n, dim=1)
-        self.top_score[row] = best_val
-        self.top_token[row] = merged_tok.gather(1, best_pos)
+        exact = torch.full((self.E, n_flat), -math.inf, dtype=torch.float32, device=score.device)
+        exact[e, t] = score  # a token reaches an expert at most once per layer: no collisions
+        # equal scores (repeated text) go to the earlier token, the same way in every run and shard: the
+        # candidates' key shrinks by 1e-15 relative per position, far below float32's resolution (6e-8)
+        tie = torch.arange(n_flat, device=score.device, dtype=torch.float64) * 1e-15
+        key = torch.where(exact > 0, exact.double() * (1 - tie), torch.where(exact == 0, -tie, exact.double()))
+        idx = key.topk(min(self.top_n, n_flat), dim=1).indices
+        self.top_score[row], self.top_token[row] = distributed.keep_best(
+            torch.cat([self.top_score[row], exact.gather(1, idx)], dim=1),
+            torch.cat([self.top_token[row], self.global_token[idx]], dim=1), self.top_n)
 
     def arrays(self) -> dict[str, np.ndarray]:
         L = len(self.rows)
@@ -100,7 +102,8 @@ def _snippets(acc: _Accumulator, calib: CalibrationSet, tokenizer, context: int 
                     continue
                 sample, pos = divmod(int(g), _POS_STRIDE)
                 ids = calib.token_ids[sample]
-                items.append({"score": float(s), "category": calib.categories[calib.category_ids[sample]],
+                items.append({"score": float(s), "at": [sample, pos],
+                              "category": calib.categories[calib.category_ids[sample]],
                               "before": decode(ids[max(0, pos - context):pos]), "token": decode([ids[pos]]),
                               "after": decode(ids[pos + 1:pos + 1 + context // 2])})
             per_expert.append(items)
@@ -110,10 +113,14 @@ def _snippets(acc: _Accumulator, calib: CalibrationSet, tokenizer, context: int 
 
 def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
             progress: Callable[[int, int, int], None] | None = None,
-            top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT) -> ExpertStats:
+            top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT,
+            shard: tuple[int, int] | None = None) -> ExpertStats:
     """Run the calibration set through the model once, recording routed-expert statistics.
 
     progress(done_samples, total_samples, tokens_so_far) is called after every batch.
+    shard=(i, n): observe only shard i of n of the samples (reap_core.distributed), for a file that
+    `merge-stats` combines. In a torch.distributed process group each rank observes its shard and
+    the statistics are reduced across ranks: every rank returns those of the whole calibration.
     """
     model, adapter = loaded.model, loaded.adapter
     layer_rows = {idx: row for row, idx in enumerate(loaded.moe_layer_indices)}
@@ -122,10 +129,16 @@ def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
     pad_id = loaded.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else pad_id
     backbone = model.model  # stop before the LM head: [B, T, vocab] logits would dominate memory
+    rank, world_size = distributed.world()
+    reduce_ranks = shard is None and world_size > 1
+    if reduce_ranks:
+        shard = (rank, world_size)
+    lengths = [len(ids) for ids in calib.token_ids]
+    samples = distributed.shard_samples(lengths, *shard) if shard else list(range(len(lengths)))
     done, tokens = 0, 0
-    total = len(calib.token_ids)
+    total = len(samples)
     with torch.inference_mode(), adapter.observing(model, acc.record):
-        for batch in iter_batches(calib, batch_size, pad_id):
+        for batch in iter_batches(calib, batch_size, pad_id, only=samples):
             acc.begin_batch(batch.attention_mask, batch.category_ids, batch.sample_ids, stats_device)
             backbone(input_ids=batch.input_ids.to(stats_device),
                      attention_mask=batch.attention_mask.to(stats_device), use_cache=False)
@@ -133,15 +146,21 @@ def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
             tokens += int(batch.attention_mask.sum())
             if progress:
                 progress(done, total, tokens)
+    if reduce_ranks:
+        acc.top_score, acc.top_token = distributed.all_reduce_accumulator(acc.sums, acc.maxes, acc.top_score,
+                                                                          acc.top_token)
+        samples = list(range(len(lengths)))
     tokens_per_category = [0] * len(calib.categories)
-    for cat, ids in zip(calib.category_ids, calib.token_ids):
-        tokens_per_category[cat] += len(ids)
+    for i in samples:
+        tokens_per_category[calib.category_ids[i]] += lengths[i]
+    calibration = dict(spec=calib.spec, fingerprint=calib.fingerprint(), max_tokens=calib.max_tokens,
+                       samples=len(calib.token_ids), tokens=calib.num_tokens, truncated=calib.truncated,
+                       summary=calib.summary, top_tokens_per_expert=top_tokens_per_expert)
+    if shard and not reduce_ranks:
+        calibration[distributed.SHARD_KEY] = [shard[0], shard[1]]
     return ExpertStats(
         model_id=loaded.model_id, layer_indices=list(layer_rows), num_experts=loaded.num_experts,
         top_k=loaded.top_k, categories=list(calib.categories), arrays=acc.arrays(),
-        tokens_per_category=tokens_per_category,
-        calibration=dict(spec=calib.spec, fingerprint=calib.fingerprint(), max_tokens=calib.max_tokens,
-                         samples=len(calib.token_ids), tokens=calib.num_tokens, truncated=calib.truncated,
-                         summary=calib.summary),
+        tokens_per_category=tokens_per_category, calibration=calibration,
         top_tokens=_snippets(acc, calib, loaded.tokenizer) if top_tokens_per_expert else None,
         expert_groups=(adapter.expert_groups(loaded.config), adapter.groups_chosen(loaded.config)))

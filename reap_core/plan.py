@@ -152,6 +152,10 @@ def make_plan(stats: ExpertStats, ratio: float, criterion: str = "reap", protect
               super_expert_factor: float = 10.0, categories: list[str] | None = None, seed: int = 0) -> PruningPlan:
     """The plan the CLI's `prune` and the app's Prune button both use."""
     get_criterion(criterion)
+    shard = stats.calibration.get("shard")
+    if shard:
+        raise InvalidPlan(f"these statistics are one shard of a calibration ({shard[0] + 1} of {shard[1]}): combine "
+                          f"every shard first (python -m reap_core merge-stats FILES… --out all.npz)")
     check_ratio(ratio, stats.num_experts, stats.top_k, stats.expert_groups)
     scores = compute_scores(stats, criterion, categories=categories, seed=seed)
     protected = super_experts(stats, super_expert_factor, categories) if protect_super_experts else None

@@ -146,6 +146,7 @@ def _short_list(values: list[int], limit: int = 8) -> str:
 MAX_EXPANSION = 10            # with max_bytes: the archive may hold at most this many times as much
 MAX_TEXT_CHARS = 2000         # any one text the app shows: model id, category, snippet (real snippets: ~10 tokens)
 SNIPPET_KEYS = frozenset({"score", "category", "before", "token", "after"})
+SNIPPET_PLACE = "at"        # optional [sample, position]: orders equal scores the same in every run
 ARRAY_NAMES = SUM_STATS + MAX_STATS
 # What a damaged archive raises inside zipfile / zlib / numpy: all mean "unreadable", none is a bug.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
@@ -339,8 +340,12 @@ def _check_top_tokens(top_tokens: object, num_layers: int, num_experts: int, cat
                 raise bad(f"[{row}][{e}]", "must be a list of snippets")
             for i, item in enumerate(items):
                 where = f"[{row}][{e}][{i}]"
-                if not isinstance(item, dict) or set(item) != SNIPPET_KEYS:
-                    raise bad(where, f"must be an object with exactly {', '.join(sorted(SNIPPET_KEYS))}")
+                if not isinstance(item, dict) or set(item) - {SNIPPET_PLACE} != SNIPPET_KEYS:
+                    raise bad(where, f"must be an object with exactly {', '.join(sorted(SNIPPET_KEYS))} "
+                                     f"(and optionally {SNIPPET_PLACE})")
+                place = item.get(SNIPPET_PLACE, [0, 0])
+                if not (isinstance(place, list) and len(place) == 2 and all(_is_int(x) and x >= 0 for x in place)):
+                    raise bad(where, f"has {SNIPPET_PLACE}={_show(place)}, not [sample, position]")
                 score = item["score"]
                 if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
                     raise bad(where, f"has the score {_show(score)}, not a finite number")
