@@ -118,20 +118,43 @@ def cmd_calibrate(args) -> None:
         suffix = f"-shard{shard[0] + 1}of{shard[1]}" if shard else ""
         args.out = str(OUTPUTS / f"{Path(args.model.rstrip('/')).name}-stats{suffix}.npz")
     check_output_file(str(stats_path(args.out)), "--out")   # '.npz' is appended as save() does
-    loaded = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
-    calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
-                              samples_per_category=args.samples_per_category)
-    part = (f"shard {shard[0] + 1} of {shard[1]}: " if shard else
-            f"rank {rank} of {world_size}: " if world_size > 1 else "")
-    print(f"{part}calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
-          f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
-    bar = TerminalProgress("calibration" + (f" (rank {rank})" if world_size > 1 else ""), "samples")
-    start = time.perf_counter()
+    sequential = args.sequential or (not shard and world_size == 1 and _too_big(args, device))
+    offload = None
+    if sequential:
+        from .sequential import load_offloaded
+        loaded, offload = load_offloaded(args.model, dtype=args.dtype, device=device, offload_folder=args.offload_dir,
+                                         trust_remote_code=args.trust_remote_code)
+    else:
+        loaded = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
     try:
-        stats = observe(loaded, calib, batch_size=args.batch_size, shard=shard,
-                        progress=lambda done, total, tokens: bar.update(done, total, f"{tokens:,} tokens"))
+        calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
+                                  samples_per_category=args.samples_per_category)
+        part = (f"shard {shard[0] + 1} of {shard[1]}: " if shard else
+                f"rank {rank} of {world_size}: " if world_size > 1 else "")
+        print(f"{part}calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
+              f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
+        start = time.perf_counter()
+        if sequential:
+            from .sequential import observe_sequential
+            bar = TerminalProgress("calibration, layer by layer", "layer-batches")
+            try:
+                stats = observe_sequential(loaded, calib, batch_size=args.batch_size,
+                                           progress=lambda layer, layers, batch, batches: bar.update(
+                                               layer * batches + batch, layers * batches,
+                                               f"layer {layer + 1} of {layers}, batch {batch} of {batches}"))
+            finally:
+                bar.close()
+        else:
+            bar = TerminalProgress("calibration" + (f" (rank {rank})" if world_size > 1 else ""), "samples")
+            try:
+                stats = observe(loaded, calib, batch_size=args.batch_size, shard=shard,
+                                progress=lambda done, total, tokens: bar.update(done, total, f"{tokens:,} tokens"))
+            finally:
+                bar.close()
     finally:
-        bar.close()
+        if offload is not None:
+            import shutil
+            shutil.rmtree(offload, ignore_errors=True)
     seconds = time.perf_counter() - start
     observed = sum(stats.tokens_per_category)
     if rank == 0:
@@ -140,6 +163,40 @@ def cmd_calibrate(args) -> None:
                 f"; {world_size} ranks reduced into one file" if world_size > 1 else "")
         print(f"observed {observed} tokens in {seconds:.1f} s ({observed / seconds:.0f} tokens/s); "
               f"statistics written to {path}{note}")
+
+
+def _too_big(args, device: str) -> bool:
+    """True (with a notice) when the model's weights would not fit the device: calibrate layer by layer."""
+    import torch
+
+    from .model import load_config, pick_device_and_dtype
+    from .sizing import count_params
+
+    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    device, dtype = pick_device_and_dtype(args.dtype, device)
+    need = count_params(config).total * (torch.finfo(dtype).bits // 8)
+    if device.startswith("cuda"):
+        devices = range(torch.cuda.device_count()) if device == "cuda" else [torch.device(device)]
+        free = sum(torch.cuda.mem_get_info(d)[0] for d in devices)
+    else:
+        free = available_host_memory()
+    if need <= 0.85 * free:
+        return False
+    print(f"notice: the weights need about {need / 1e9:.1f} GB and {device} has {free / 1e9:.1f} GB free: calibrating "
+          f"layer by layer (--sequential), one decoder layer on the device at a time; the statistics are the same")
+    return True
+
+
+def available_host_memory() -> int:
+    """Bytes the kernel says a new allocation can get (MemAvailable: free + reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def cmd_merge_stats(args) -> None:
@@ -364,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--shard", help="i/n: observe only shard i of n of the samples (separate jobs; combine the n "
                                    "files with merge-stats). Under torchrun the ranks split the samples themselves")
+    p.add_argument("--sequential", action="store_true",
+                   help="one decoder layer at a time on the device, the rest of the model on disk (for models larger "
+                        "than the device; chosen automatically, with a notice, when the weights do not fit)")
+    p.add_argument("--offload-dir", help="where --sequential keeps the layers transformers converts at load "
+                                         "(default: the system's temporary folder; removed afterwards)")
     p = sub.add_parser("merge-stats", help="combine the statistics files of calibrate --shard 1/n … n/n into one",
                        description="combine the statistics files of calibrate --shard 1/n … n/n into one; files of "
                                    "other models, layers or calibration settings are refused")

@@ -267,11 +267,15 @@ class LoadedModel:
 
 
 def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-               token: Token = None, allow_local_paths: bool = True) -> LoadedModel:
+               token: Token = None, allow_local_paths: bool = True,
+               offload_layers_to: str | Path | None = None) -> LoadedModel:
     """Load a supported MoE model for pruning. Raises ModelLoadError / UnsupportedModel.
 
     token: None = the saved token, False = none at all, a string = that token (see `Token`).
     allow_local_paths=False (public mode): only the bundled model and Hub ids, see resolve_model_path.
+    offload_layers_to: a folder: every decoder layer stays on disk (accelerate's offload, read from the
+    checkpoint's own files where no conversion is needed), the rest goes to `device`; for
+    reap_core.sequential, which brings one layer at a time onto the device.
     The config is read and the adapter chosen first: a dense or unknown model is refused before any
     weight is read (or, in public mode, downloaded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -286,7 +290,9 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     device, torch_dtype = pick_device_and_dtype(dtype, device)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, token=token,
                                   output_loading_info=True)
-    if device.startswith("cuda"):      # "cuda": accelerate spreads a model larger than one GPU over several;
+    if offload_layers_to is not None:
+        kwargs.update(device_map=layers_on_disk(config, adapter, device), offload_folder=str(offload_layers_to))
+    elif device.startswith("cuda"):    # "cuda": accelerate spreads a model larger than one GPU over several;
         kwargs["device_map"] = "auto" if device == "cuda" else {"": device}   # "cuda:1": that one (a torchrun rank)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -298,7 +304,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     if missing:
         raise ModelLoadError(f"'{model_id}': {len(missing)} weights missing from the checkpoint "
                              f"(e.g. {missing[0]}); they would be random — refusing to continue")
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") and offload_layers_to is None:
         model.to(device)
     model.eval()
     adapter.prepare(model)
@@ -322,6 +328,29 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
     return LoadedModel(model_id=model_id, model=model, tokenizer=tokenizer, processor=processor,
                        adapter=adapter, dtype=torch_dtype, device=device, read_from=path,
                        processor_error=processor_error)
+
+
+def layers_on_disk(config: Any, adapter: Any, device: str) -> dict[str, str]:
+    """A device_map with every decoder layer on "disk" and every other module on `device`, from the
+    config alone (the model is built on the meta device to find the module names)."""
+    from transformers import AutoModelForCausalLM
+
+    from .adapters import get_by_path
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    for path in adapter.layout.layer_list_paths:
+        try:
+            layers = get_by_path(skeleton, path)
+        except AttributeError:
+            continue
+        device_map, node, prefix = {}, skeleton, ""
+        for part in path.split("."):        # every sibling on the way down to the layer list: the device
+            device_map.update({prefix + name: device for name, _ in node.named_children() if name != part})
+            node, prefix = getattr(node, part), prefix + part + "."
+        device_map.update({f"{path}.{i}": "disk" for i in range(len(layers))})
+        return device_map
+    raise UnsupportedModel(f"no decoder layers found at {adapter.layout.layer_list_paths}")
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, model_id: str = "in-memory") -> LoadedModel:

@@ -150,16 +150,25 @@ def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
         acc.top_score, acc.top_token = distributed.all_reduce_accumulator(acc.sums, acc.maxes, acc.top_score,
                                                                           acc.top_token)
         samples = list(range(len(lengths)))
+    stats = stats_from_accumulator(loaded, calib, acc, top_tokens_per_expert, samples)
+    if shard and not reduce_ranks:
+        stats.calibration[distributed.SHARD_KEY] = [shard[0], shard[1]]
+    return stats
+
+
+def stats_from_accumulator(loaded: LoadedModel, calib: CalibrationSet, acc: _Accumulator, top_tokens_per_expert: int,
+                           samples: list[int] | None) -> ExpertStats:
+    """The ExpertStats of what `acc` recorded over `samples` (None = all) of `calib`."""
+    lengths = [len(ids) for ids in calib.token_ids]
     tokens_per_category = [0] * len(calib.categories)
-    for i in samples:
+    for i in (range(len(lengths)) if samples is None else samples):
         tokens_per_category[calib.category_ids[i]] += lengths[i]
     calibration = dict(spec=calib.spec, fingerprint=calib.fingerprint(), max_tokens=calib.max_tokens,
                        samples=len(calib.token_ids), tokens=calib.num_tokens, truncated=calib.truncated,
                        summary=calib.summary, top_tokens_per_expert=top_tokens_per_expert)
-    if shard and not reduce_ranks:
-        calibration[distributed.SHARD_KEY] = [shard[0], shard[1]]
+    adapter = loaded.adapter
     return ExpertStats(
-        model_id=loaded.model_id, layer_indices=list(layer_rows), num_experts=loaded.num_experts,
+        model_id=loaded.model_id, layer_indices=list(acc.rows), num_experts=loaded.num_experts,
         top_k=loaded.top_k, categories=list(calib.categories), arrays=acc.arrays(),
         tokens_per_category=tokens_per_category, calibration=calibration,
         top_tokens=_snippets(acc, calib, loaded.tokenizer) if top_tokens_per_expert else None,

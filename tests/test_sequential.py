@@ -1,0 +1,60 @@
+"""Layer-by-layer calibration = the one-pass observer, for both Gemma 4 classes and every family:
+the same batches go through the same layers, so counts, sums, maxima and top tokens are identical
+(the issue allows 1e-5 relative; this is bit for bit). Several batches (11 samples, batch size 3)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from reap_core.model import load_model
+from reap_core.observer import observe
+from reap_core.sequential import load_offloaded, observe_sequential
+from reap_core.stats import ExpertStats
+from reap_core.tiny import TINY_FAMILY_CONFIGS, build_tiny_family, build_tiny_model
+
+KINDS = ["gemma4-causal", "gemma4-multimodal", *TINY_FAMILY_CONFIGS]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequential_equals_one_pass(kind, tokenizer, calib, tmp_path):
+    model = (build_tiny_model(kind.split("-")[1], vocab_size=len(tokenizer)) if kind.startswith("gemma4")
+             else build_tiny_family(kind, vocab_size=len(tokenizer)))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    one_pass = observe(load_model(str(tmp_path / "model")), calib, batch_size=3)
+
+    loaded, offload = load_offloaded(str(tmp_path / "model"), offload_folder=tmp_path)
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    on_device = []
+
+    def watch(layer, n_layers, batch, n_batches):   # only the layer being computed holds its weights
+        on_device.append([next(p for p in lay.parameters()).device.type != "meta" for lay in layers])
+
+    try:
+        assert all(next(lay.parameters()).device.type == "meta" for lay in layers)
+        layered = observe_sequential(loaded, calib, batch_size=3, progress=watch)
+    finally:
+        shutil.rmtree(offload)
+    assert len(on_device) == len(layers) * 4                               # 11 samples in batches of 3
+    assert all(flags == [i == n // 4 for i in range(len(layers))] for n, flags in enumerate(on_device))
+    assert all(next(lay.parameters()).device.type == "meta" for lay in layers)
+    for name, want in one_pass.arrays.items():
+        np.testing.assert_array_equal(layered.arrays[name], want, err_msg=name)
+    assert layered.top_tokens == one_pass.top_tokens
+    assert layered.tokens_per_category == one_pass.tokens_per_category
+
+
+def test_cli_sequential(tiny_dir, calib_file, tmp_path):
+    from reap_core.cli import main
+
+    common = ["--model", str(tiny_dir), "--calibration", str(calib_file), "--batch-size", "2"]
+    assert main(["calibrate", *common, "--sequential", "--offload-dir", str(tmp_path),
+                 "--out", str(tmp_path / "layered.npz")]) == 0
+    assert main(["calibrate", *common, "--out", str(tmp_path / "one.npz")]) == 0
+    layered, one = ExpertStats.load(tmp_path / "layered.npz"), ExpertStats.load(tmp_path / "one.npz")
+    assert all(np.array_equal(layered.arrays[k], one.arrays[k]) for k in one.arrays)
+    assert layered.calibration["sequential"]["layers"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layered.npz", "one.npz"]    # offload folder removed
