@@ -58,3 +58,13 @@ def test_cli_sequential(tiny_dir, calib_file, tmp_path):
     assert all(np.array_equal(layered.arrays[k], one.arrays[k]) for k in one.arrays)
     assert layered.calibration["sequential"]["layers"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layered.npz", "one.npz"]    # offload folder removed
+
+
+def test_cli_goes_layer_by_layer_when_the_weights_do_not_fit(tiny_dir, calib_file, tmp_path, monkeypatch, capsys):
+    import reap_core.cli as cli
+
+    monkeypatch.setattr(cli, "available_host_memory", lambda: 1000)          # 1 kB free: nothing fits
+    assert cli.main(["calibrate", "--model", str(tiny_dir), "--calibration", str(calib_file),
+                     "--out", str(tmp_path / "auto.npz")]) == 0
+    assert "calibrating layer by layer (--sequential)" in capsys.readouterr().out
+    assert ExpertStats.load(tmp_path / "auto.npz").calibration["sequential"]["layers"] == 3
