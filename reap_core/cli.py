@@ -355,14 +355,15 @@ def cmd_export(args) -> None:
     if streaming is None:
         streaming = has_safetensors(source_folder(args.model, download=False)) or None
     loaded = None
-    if streaming is False or args.verify:
+    verify = "layerwise" if args.verify_layerwise else args.verify
+    if streaming is False or verify is True:
         print(f"loading {args.model} ({'to slice in memory' if streaming is False else 'to verify the export'})")
         loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
         stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     progress = _progress_bar("export")
     try:
         result = export_pruned(loaded if streaming is False else args.model, plan, stats, args.out, loaded=loaded,
-                               streaming=streaming, verify=args.verify, repo_id=args.repo,
+                               streaming=streaming, verify=verify, repo_id=args.repo,
                                max_shard_bytes=int(args.max_shard_gb * 1e9), progress=progress)
     finally:
         progress.close()
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default when the model is a local folder or Hub snapshot with safetensors)")
     mode.add_argument("--in-memory", dest="streaming", action="store_const", const=False,
                       help="load the model and slice it in memory (small models)")
+    p.add_argument("--verify-layerwise", action="store_true",
+                   help="verify layer by layer against the source on disk (about two decoder layers of memory "
+                        "instead of a second copy of the model; streaming exports)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip reloading the export and comparing logits (verification loads the model: "
                         "as much memory as the model itself)")

@@ -7,6 +7,9 @@ before publishing), run by `export_pruned`, which the CLI and the app call:
                  here, before a byte is written.
   write_export   the weights, config, side files, scores, plan, statistics and heatmap.
   verify_export  reloaded with the Auto classes, the folder's logits on probe prompts must match the
+                 original model with the pruned experts masked out of the router; or, with
+                 verify="layerwise" (reap_core.verify_layers), layer by layer against the source on disk,
+                 two decoder layers in memory instead of a second copy of the model: what is left to
                  original model with the pruned experts masked out of the router.
   write_card     the recipe and the model card, last: they report the verification.
 
@@ -245,6 +248,7 @@ class ExportPlan:
     stats: ExpertStats
     streaming: bool
     verify: bool
+    layerwise: bool                  # verify layer by layer from disk (no model copy in memory)
     folder: Path | None              # the source's files (side files are copied from here)
     loaded: LoadedModel | None       # the original in memory: in-memory source, and verification
     adapter: MoEAdapter
@@ -285,10 +289,14 @@ def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats
     if not streaming and loaded is None:
         report(0.0, f"loading {model_id}")
         loaded = load_model(model_id, dtype="auto", token=token)
-    if verify and loaded is None:
+    layerwise = verify == "layerwise"
+    if layerwise and not (streaming and has_safetensors(folder)):
+        raise ExportError("layer-by-layer verification reads the source's safetensors files: export streaming "
+                          "from a folder or Hub snapshot that has them")
+    if verify and not layerwise and loaded is None:
         report(0.0, f"loading {model_id} for verification")
         loaded = load_model(model_id, dtype="auto", token=token)
-    verify = loaded is not None if verify is None else verify
+    verify = loaded is not None if verify is None else bool(verify)
 
     if folder is not None and (folder / "config.json").is_file():
         config_dict = json.loads((folder / "config.json").read_text())
@@ -318,7 +326,7 @@ def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats
     card = card_inputs(config, adapter, plan, weight_dtype, repo_name=repo_id or out_dir.name, source_folder=folder,
                        multimodal=is_multimodal, eval_results=eval_results)
     return ExportPlan(model_id=model_id, out_dir=out_dir, pruning=plan, stats=stats, streaming=bool(streaming),
-                      verify=bool(verify), folder=folder, loaded=loaded, adapter=adapter, tensors=tensors,
+                      verify=bool(verify), layerwise=layerwise, folder=folder, loaded=loaded, adapter=adapter, tensors=tensors,
                       layout=plan_shards(tensors.entries, max_shard_bytes),
                       config_json=pruned_config(config_dict, adapter, plan.num_kept,
                                                 getattr(adapter.text_config(config), "attribute_map", None)),
@@ -409,8 +417,10 @@ def describe_verification(verification: dict | None) -> str:
     if v.get("relative_tolerance") is not None:
         how = (f" = {v['relative_tolerance']:.0e} × the largest |logit| ({v['logit_scale']:.3g})"
                if v.get("logit_scale", 1.0) > 1.0 else f" = {v['relative_tolerance']:.0e} (logits below 1)")
+    layers = (f"; layer by layer from disk, largest difference of one layer on the same inputs "
+              f"{max(v['layers']):.2e}" if v.get("layers") else "")
     return (f"max |Δ logits| vs the masked original = {v['max_abs_diff']:.2e}, tolerance {v['tolerance']:.2e}{how}, "
-            f"{v.get('dtype', '?')}, {v.get('prompts', '?')} probe prompts")
+            f"{v.get('dtype', '?')}, {v.get('prompts', '?')} probe prompts{layers}")
 
 
 # --- 4. describe ------------------------------------------------------------------------------
@@ -438,7 +448,8 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     loaded     the original model in memory, for verification (defaults to `source` if loaded).
     streaming  None = streaming whenever the source's safetensors files are on disk (or, for a Hub
                id, downloadable); False = slice the loaded model in memory.
-    verify     None = verify when a loaded model is at hand; True = always (loads the source if
+    verify     None = verify when a loaded model is at hand; "layerwise" = layer by layer from disk
+               (streaming only; about two decoder layers of memory); True = always (loads the source if
                needed: as much memory as the model); False = skip (the card says so).
     eval_results  optional {task: {column: value}} rendered in the card (see card.eval_table).
     """
@@ -450,7 +461,14 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     with atomic_folder(export.out_dir, marker=PLAN_FILE) as tmp:
         write_export(export, tmp, lambda f, m: report(0.8 * f, m))
         verification: dict = {}
-        if export.verify:
+        if export.layerwise:
+            from .verify_layers import LayerMismatch, verify_layerwise
+            report(0.8, "verifying layer by layer: each exported layer against the masked source's, from disk")
+            try:
+                verification = verify_layerwise(str(export.folder), tmp, plan, PROBE_PROMPTS, TOLERANCE)
+            except LayerMismatch as exc:
+                raise ExportError(str(exc)) from None
+        elif export.verify:
             report(0.8, "verifying: reloading the export and comparing logits with the masked original")
             verification = verify_export(tmp, export.loaded, plan)
         report(0.95, "writing the model card and the recipe")

@@ -101,7 +101,8 @@ def _router_masks(loaded: LoadedModel, plans: Sequence[PruningPlan | None], per_
         target = loaded.adapter.mask_target(layer)
         rows = [torch.as_tensor(m[layer_row]) if m is not None else torch.zeros(E, dtype=torch.bool) for m in pruned]
         mask = torch.stack(rows) if per_row else rows[0]
-        masks[target] = mask.to(target.weight.device)
+        device = target.weight.device
+        masks[target] = mask.to(loaded.input_device if device.type == "meta" else device)   # meta: layer on disk
     return _Masks(masks, len(plans) if per_row else None)
 
 

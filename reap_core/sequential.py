@@ -95,7 +95,7 @@ def _offload_hooks(layer: nn.Module) -> list:
     return hooks
 
 
-class _OnDevice:
+class OnDevice:
     """Within the block the layer's weights are on its execution device, once, not per call."""
 
     def __init__(self, layer: nn.Module):
@@ -114,21 +114,13 @@ class _OnDevice:
         return False
 
 
-def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
-                       progress: Progress | None = None,
-                       top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT) -> ExpertStats:
-    """The one-pass observer's statistics, computed one decoder layer at a time (module docstring).
-    `loaded` comes from load_offloaded (layers on disk); a fully loaded model works too."""
-    model, adapter = loaded.model, loaded.adapter
-    device = loaded.input_device
-    layer_list = next(get_by_path(model, p) for p in adapter.layout.layer_list_paths if _has_path(model, p))
-    layer_rows = {idx: row for row, idx in enumerate(loaded.moe_layer_indices)}
-    acc = _Accumulator(layer_rows, loaded.num_experts, len(calib.categories), device, top_tokens_per_expert)
-    pad_id = loaded.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else pad_id
-    batches = list(iter_batches(calib, batch_size, pad_id))
-
-    # 2. record: every layer's arguments for every batch, and the embeddings
+def record_layer_inputs(loaded: LoadedModel, batches: list[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> tuple[list[nn.Module], list[list], list[torch.Tensor]]:
+    """One pass of (input_ids, attention_mask) batches through the model with every decoder layer
+    replaced by a _Recorder: (the real layers, per layer the (shape, args, kwargs) of every batch,
+    layer 0's input hidden states per batch, on the CPU)."""
+    model, device = loaded.model, loaded.input_device
+    layer_list = next(get_by_path(model, p) for p in loaded.adapter.layout.layer_list_paths if _has_path(model, p))
     real = list(layer_list)
     calls: list[list] = [[] for _ in real]
     hidden: list[torch.Tensor] = []
@@ -138,9 +130,8 @@ def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: i
     handle = layer_list[0].register_forward_pre_hook(capture_input, with_kwargs=True)
     try:
         with torch.inference_mode():
-            for batch in batches:
-                model.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                            use_cache=False)
+            for input_ids, attention_mask in batches:
+                model.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
     finally:
         handle.remove()
         for i, layer in enumerate(real):
@@ -148,13 +139,30 @@ def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: i
     for i, per_batch in enumerate(calls):
         if [shape for shape, _, _ in per_batch] != [h.shape for h in hidden]:
             raise ReapError(f"layer {i} is not fed the previous layer's output unchanged in this model "
-                            f"({type(model).__name__}); calibrate it in one pass instead")
+                            f"({type(model).__name__}); use the one-pass path instead")
+    return real, calls, hidden
+
+
+def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
+                       progress: Progress | None = None,
+                       top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT) -> ExpertStats:
+    """The one-pass observer's statistics, computed one decoder layer at a time (module docstring).
+    `loaded` comes from load_offloaded (layers on disk); a fully loaded model works too."""
+    model, adapter = loaded.model, loaded.adapter
+    device = loaded.input_device
+    layer_rows = {idx: row for row, idx in enumerate(loaded.moe_layer_indices)}
+    acc = _Accumulator(layer_rows, loaded.num_experts, len(calib.categories), device, top_tokens_per_expert)
+    pad_id = loaded.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    batches = list(iter_batches(calib, batch_size, pad_id))
+
+    real, calls, hidden = record_layer_inputs(loaded, [(b.input_ids, b.attention_mask) for b in batches])
 
     # 3. layer by layer
     start = time.perf_counter()
     with torch.inference_mode(), adapter.observing(model, acc.record):
         for i, layer in enumerate(real):
-            with _OnDevice(layer):
+            with OnDevice(layer):
                 for b, (batch, (_, args, kwargs)) in enumerate(zip(batches, calls[i])):
                     acc.begin_batch(batch.attention_mask, batch.category_ids, batch.sample_ids, device)
                     out = layer(hidden[b].to(device), *args, **kwargs)
