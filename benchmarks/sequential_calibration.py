@@ -2,10 +2,12 @@
 
 A random Gemma 4 MoE stack is saved as a BF16 safetensors checkpoint; each variant then runs in its
 own child process (so each peak RSS is its own): load + calibrate the same samples with the same
-batches, statistics written to a file. Printed per variant: peak RSS of the child, RSS after
-imports, load and calibration time; and the goal ratios: sequential peak / (one layer + one batch
-of hidden states + what imports cost), sequential time / one-pass time (goal <= 1.3x when the model
-fits), statistics identical.
+batches, statistics written to a file. Printed per variant: peak RSS of the child (and of it the
+anonymous memory, sampled every 20 ms: what the process needs, where RSS also counts file pages it
+maps), RSS after imports, load and calibration time; and the goal ratios: sequential peak / (one
+layer + one batch of hidden states + what imports cost), sequential time / one-pass time (goal <=
+1.3x when the model fits), statistics identical. Then the export of REAP 50% from those statistics
+verified the full-copy way (the source loaded, the export reloaded) against layer by layer.
 
     python benchmarks/sequential_calibration.py               # 8 layers, hidden 1024, 64 experts x 512
     python benchmarks/sequential_calibration.py --layers 4 --hidden 2816 --experts 128 --expert-width 704
@@ -55,12 +57,22 @@ calib = CalibrationSet(spec="random", token_ids=ids, category_ids=[i % 2 for i i
 t = time.perf_counter()
 if mode == "sequential":
     loaded, offload = load_offloaded(folder, dtype="float32")
-else:
+elif mode == "one":
     loaded = load_model(folder, dtype="float32")
 loaded_at = time.perf_counter()
-stats = (observe_sequential if mode == "sequential" else observe)(loaded, calib, batch_size=batch)
-done = time.perf_counter()
-stats.save(out)
+if mode.startswith("verify"):         # export the stats file given as `out`, verified one way or the other
+    from reap_core.export import export_pruned
+    from reap_core.plan import make_plan
+    from reap_core.stats import ExpertStats
+    stats = ExpertStats.load(out)
+    loaded_at = time.perf_counter()
+    export_pruned(folder, make_plan(stats, 0.5), stats, out + "-" + mode, streaming=True,
+                  verify="layerwise" if mode == "verify-layerwise" else True)
+    done = time.perf_counter()
+else:
+    stats = (observe_sequential if mode == "sequential" else observe)(loaded, calib, batch_size=batch)
+    done = time.perf_counter()
+    stats.save(out)
 print(json.dumps({"peak_rss": rss(), "peak_anon": peak_anon[0], "after_imports": after_imports, "load_s": loaded_at - t,
                   "calibrate_s": done - loaded_at}))
 """
@@ -102,7 +114,7 @@ def main() -> None:
               f"batch {args.batch_size}; load average {os.getloadavg()[0]:.1f}")
         results = {}
         for mode in ("one pass", "sequential"):
-            out = Path(tmp) / f"{mode.replace(' ', '-')}.npz"
+            out = Path(tmp) / f"{mode.replace(' ', '-')}.npz"       # one-pass.npz is exported below
             run = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(folder), mode.split()[0], str(out),
                                   str(args.samples), str(args.tokens), str(args.batch_size)],
                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -126,6 +138,21 @@ def main() -> None:
         print(f"  sequential / one-pass calibration time: {seq['calibrate_s'] / one['calibrate_s']:.2f}x (goal <= 1.3x); "
               f"with loading: {(seq['calibrate_s'] + seq['load_s']) / (one['calibrate_s'] + one['load_s']):.2f}x")
         print(f"  statistics identical: {same}")
+        print("export of REAP 50% (streaming) with its verification, each in its own child process:")
+        verify = {}
+        for mode in ("verify-full", "verify-layerwise"):
+            run = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(folder), mode,
+                                  str(Path(tmp) / "one-pass.npz"), str(args.samples), str(args.tokens),
+                                  str(args.batch_size)], capture_output=True, text=True,
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if run.returncode != 0:
+                sys.exit(f"{mode} failed:\n{run.stderr[-3000:]}")
+            verify[mode] = r = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"  {mode:<17} peak RSS {r['peak_rss'] / 1e9:5.2f} GB, of it anonymous {r['peak_anon'] / 1e9:5.2f} GB"
+                  f"   export + verification {r['calibrate_s']:6.1f} s")
+        full, layered = verify["verify-full"], verify["verify-layerwise"]
+        print(f"  layer by layer / full copy: peak anonymous memory {layered['peak_anon'] / full['peak_anon']:.2f}x, "
+              f"peak RSS {layered['peak_rss'] / full['peak_rss']:.2f}x, time {layered['calibrate_s'] / full['calibrate_s']:.2f}x")
 
 
 if __name__ == "__main__":
