@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,13 +138,23 @@ def cmd_calibrate(args) -> None:
         if sequential:
             from .sequential import observe_sequential
             bar = TerminalProgress("calibration, layer by layer", "layer-batches")
+            resume = Path(args.resume_dir or str(stats_path(args.out)) + ".partial")
             try:
-                stats = observe_sequential(loaded, calib, batch_size=args.batch_size,
+                stats = observe_sequential(loaded, calib, batch_size=args.batch_size, checkpoint_dir=resume,
+                                           checkpoint_every_s=args.checkpoint_minutes * 60,
                                            progress=lambda layer, layers, batch, batches: bar.update(
                                                layer * batches + batch, layers * batches,
                                                f"layer {layer + 1} of {layers}, batch {batch} of {batches}"))
+            except BaseException:
+                if (resume / "sequential-state.pt").is_file():
+                    print(f"\nthe finished layers are saved in {resume}: the same command resumes after them",
+                          file=sys.stderr)
+                raise
             finally:
                 bar.close()
+            if stats.calibration["sequential"]["resumed_after_layers"]:
+                print(f"resumed after layer {stats.calibration['sequential']['resumed_after_layers']} from {resume}")
+            shutil.rmtree(resume, ignore_errors=True)
         else:
             bar = TerminalProgress("calibration" + (f" (rank {rank})" if world_size > 1 else ""), "samples")
             try:
@@ -153,7 +164,6 @@ def cmd_calibrate(args) -> None:
                 bar.close()
     finally:
         if offload is not None:
-            import shutil
             shutil.rmtree(offload, ignore_errors=True)
     seconds = time.perf_counter() - start
     observed = sum(stats.tokens_per_category)
@@ -427,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "than the device; chosen automatically, with a notice, when the weights do not fit)")
     p.add_argument("--offload-dir", help="where --sequential keeps the layers transformers converts at load "
                                          "(default: the system's temporary folder; removed afterwards)")
+    p.add_argument("--resume-dir", help="where --sequential saves finished layers, to resume an interrupted run "
+                                        "(default: <out>.partial; removed once the statistics are written)")
+    p.add_argument("--checkpoint-minutes", type=positive_float, default=10.0,
+                   help="save finished layers for resuming at most this often (default 10)")
     p = sub.add_parser("merge-stats", help="combine the statistics files of calibrate --shard 1/n … n/n into one",
                        description="combine the statistics files of calibrate --shard 1/n … n/n into one; files of "
                                    "other models, layers or calibration settings are refused")

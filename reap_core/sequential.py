@@ -28,6 +28,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,11 +144,19 @@ def record_layer_inputs(loaded: LoadedModel, batches: list[tuple[torch.Tensor, t
     return real, calls, hidden
 
 
+CHECKPOINT_FILE = "sequential-state.pt"
+
+
 def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
                        progress: Progress | None = None,
-                       top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT) -> ExpertStats:
+                       top_tokens_per_expert: int = TOP_TOKENS_PER_EXPERT,
+                       checkpoint_dir: str | Path | None = None, checkpoint_every_s: float = 600.0) -> ExpertStats:
     """The one-pass observer's statistics, computed one decoder layer at a time (module docstring).
-    `loaded` comes from load_offloaded (layers on disk); a fully loaded model works too."""
+    `loaded` comes from load_offloaded (layers on disk); a fully loaded model works too.
+
+    checkpoint_dir: after a finished layer, at most every `checkpoint_every_s` seconds, the
+    accumulators and the hidden states are saved there (atomically); a run given the same folder,
+    model, calibration and batch size resumes after the last saved layer instead of starting over."""
     model, adapter = loaded.model, loaded.adapter
     device = loaded.input_device
     layer_rows = {idx: row for row, idx in enumerate(loaded.moe_layer_indices)}
@@ -157,11 +166,24 @@ def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: i
     batches = list(iter_batches(calib, batch_size, pad_id))
 
     real, calls, hidden = record_layer_inputs(loaded, [(b.input_ids, b.attention_mask) for b in batches])
+    identity = {"model": loaded.model_id, "fingerprint": calib.fingerprint(), "batch_size": batch_size,
+                "layers": len(real), "experts": loaded.num_experts, "top_tokens": top_tokens_per_expert}
+    first = 0
+    if checkpoint_dir is not None:
+        saved = _load_checkpoint(Path(checkpoint_dir), identity)
+        if saved is not None:
+            first, hidden = saved["layers_done"], saved["hidden"]
+            for name, t in {**acc.sums, **acc.maxes}.items():
+                t.copy_(saved["acc"][name])
+            acc.top_score.copy_(saved["acc"]["top_score"])
+            acc.top_token.copy_(saved["acc"]["top_token"])
 
-    # 3. layer by layer
-    start = time.perf_counter()
+    start = last_saved = time.perf_counter()
     with torch.inference_mode(), adapter.observing(model, acc.record):
         for i, layer in enumerate(real):
+            if i < first:                                  # done before the interruption
+                calls[i] = []
+                continue
             with OnDevice(layer):
                 for b, (batch, (_, args, kwargs)) in enumerate(zip(batches, calls[i])):
                     acc.begin_batch(batch.attention_mask, batch.category_ids, batch.sample_ids, device)
@@ -170,8 +192,37 @@ def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: i
                     if progress:
                         progress(i, len(real), b + 1, len(batches))
             calls[i] = []                                  # this layer's masks and tables are done with
+            if checkpoint_dir is not None and i + 1 < len(real) and \
+                    time.perf_counter() - last_saved >= checkpoint_every_s:
+                _save_checkpoint(Path(checkpoint_dir), identity, i + 1, hidden, acc)
+                last_saved = time.perf_counter()
     del hidden
     stats = stats_from_accumulator(loaded, calib, acc, top_tokens_per_expert, samples=None)
-    stats.calibration["sequential"] = {"layers": len(real), "batches": len(batches),
+    stats.calibration["sequential"] = {"layers": len(real), "batches": len(batches), "resumed_after_layers": first,
                                        "seconds": round(time.perf_counter() - start, 3)}
     return stats
+
+
+def _save_checkpoint(folder: Path, identity: dict, layers_done: int, hidden: list[torch.Tensor], acc) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"identity": identity, "layers_done": layers_done, "hidden": hidden,
+             "acc": {**{k: v.cpu() for k, v in {**acc.sums, **acc.maxes}.items()},
+                     "top_score": acc.top_score.cpu(), "top_token": acc.top_token.cpu()}}
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / CHECKPOINT_FILE)
+
+
+def _load_checkpoint(folder: Path, identity: dict) -> dict | None:
+    """The saved state if it belongs to this very run (model, calibration, batching), else None."""
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)    # tensors, lists and plain values only: no code runs
+    except Exception as exc:     # a damaged file: start over rather than fail (it is rewritten)
+        warnings.warn(f"ignoring the unreadable layer-by-layer checkpoint {path} ({type(exc).__name__})")
+        return None
+    if state.get("identity") != identity:
+        return None
+    return state

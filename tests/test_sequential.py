@@ -68,3 +68,28 @@ def test_cli_goes_layer_by_layer_when_the_weights_do_not_fit(tiny_dir, calib_fil
                      "--out", str(tmp_path / "auto.npz")]) == 0
     assert "calibrating layer by layer (--sequential)" in capsys.readouterr().out
     assert ExpertStats.load(tmp_path / "auto.npz").calibration["sequential"]["layers"] == 3
+
+
+def test_an_interrupted_run_resumes_after_its_last_saved_layer(tiny_dir, calib, tmp_path):
+    loaded, offload = load_offloaded(str(tiny_dir), offload_folder=tmp_path)
+    try:
+        whole = observe_sequential(loaded, calib, batch_size=3)
+
+        def stop_in_layer_2(layer, layers, batch, batches):
+            if layer == 2 and batch == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            observe_sequential(loaded, calib, batch_size=3, checkpoint_dir=tmp_path / "resume", checkpoint_every_s=0,
+                               progress=stop_in_layer_2)
+        seen = []
+        resumed = observe_sequential(loaded, calib, batch_size=3, checkpoint_dir=tmp_path / "resume",
+                                     progress=lambda layer, *_: seen.append(layer))
+        other_batches = observe_sequential(loaded, calib, batch_size=4, checkpoint_dir=tmp_path / "resume")
+    finally:
+        shutil.rmtree(offload)
+    assert set(seen) == {2} and resumed.calibration["sequential"]["resumed_after_layers"] == 2
+    assert other_batches.calibration["sequential"]["resumed_after_layers"] == 0     # another run: not resumed
+    for name, want in whole.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[name], want, err_msg=name)
+    assert resumed.top_tokens == whole.top_tokens
