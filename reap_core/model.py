@@ -335,22 +335,15 @@ def layers_on_disk(config: Any, adapter: Any, device: str) -> dict[str, str]:
     config alone (the model is built on the meta device to find the module names)."""
     from transformers import AutoModelForCausalLM
 
-    from .adapters import get_by_path
-
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    for path in adapter.layout.layer_list_paths:
-        try:
-            layers = get_by_path(skeleton, path)
-        except AttributeError:
-            continue
-        device_map, node, prefix = {}, skeleton, ""
-        for part in path.split("."):        # every sibling on the way down to the layer list: the device
-            device_map.update({prefix + name: device for name, _ in node.named_children() if name != part})
-            node, prefix = getattr(node, part), prefix + part + "."
-        device_map.update({f"{path}.{i}": "disk" for i in range(len(layers))})
-        return device_map
-    raise UnsupportedModel(f"no decoder layers found at {adapter.layout.layer_list_paths}")
+    path, layers = adapter.layer_list(skeleton)
+    device_map, node, prefix = {}, skeleton, ""
+    for part in path.split("."):        # every sibling on the way down to the layer list: the device
+        device_map.update({prefix + name: device for name, _ in node.named_children() if name != part})
+        node, prefix = getattr(node, part), prefix + part + "."
+    device_map.update({f"{path}.{i}": "disk" for i in range(len(layers))})
+    return device_map
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, model_id: str = "in-memory") -> LoadedModel:

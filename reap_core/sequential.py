@@ -35,7 +35,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .adapters import get_by_path
 from .calibration import CalibrationSet, iter_batches
 from .errors import ReapError
 from .model import LoadedModel, load_model
@@ -76,14 +75,6 @@ def load_offloaded(model_id: str, dtype: str = "auto", device: str = "auto", off
     return loaded, folder
 
 
-def _has_path(root: nn.Module, path: str) -> bool:
-    try:
-        get_by_path(root, path)
-        return True
-    except AttributeError:
-        return False
-
-
 def _offload_hooks(layer: nn.Module) -> list:
     from accelerate.hooks import AlignDevicesHook
 
@@ -121,7 +112,7 @@ def record_layer_inputs(loaded: LoadedModel, batches: list[tuple[torch.Tensor, t
     replaced by a _Recorder: (the real layers, per layer the (shape, args, kwargs) of every batch,
     layer 0's input hidden states per batch, on the CPU)."""
     model, device = loaded.model, loaded.input_device
-    layer_list = next(get_by_path(model, p) for p in loaded.adapter.layout.layer_list_paths if _has_path(model, p))
+    layer_list = loaded.adapter.layer_list(model)[1]
     real = list(layer_list)
     calls: list[list] = [[] for _ in real]
     hidden: list[torch.Tensor] = []

@@ -148,14 +148,18 @@ class MoEAdapter:
             model.set_experts_implementation(SORTED_IMPLEMENTATION)
 
     # --- modules ------------------------------------------------------------------------
-    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+    def layer_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
+        """(attribute path, the model's own ModuleList) of the decoder layers: the first path that exists."""
         for path in self.layout.layer_list_paths:
             try:
-                return list(get_by_path(model, path))
+                return path, get_by_path(model, path)
             except AttributeError:
                 continue
         raise UnsupportedModel(f"no decoder layers found at {self.layout.layer_list_paths} "
                                f"in {type(model).__name__}")
+
+    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+        return list(self.layer_list(model)[1])
 
     def moe_layers(self, model: nn.Module) -> list[tuple[int, nn.Module]]:
         """(layer index, layer) for every layer that has an MoE block."""
