@@ -43,6 +43,7 @@ from reap_core.stats import ExpertStats
 from reap_core.studio import (ModelCache, SessionSignals, StatsCache, calibration_line, compression_table, flagships,
                               model_card, plan_caption, plan_summary, thinking_switch)
 from reap_core.task_eval import task_accuracy
+from reap_core.vision_eval import bundled_report_markdown
 from reap_core.viz import category_heatmap, criteria_agreement, fidelity_figure, saliency_caption, saliency_heatmap
 from reap_core.workspace import Workspace, detect_mode
 
@@ -279,7 +280,8 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Ses
         spec, local_files = calibration_spec(categories, hub_spec, upload)
         calib = build_calibration(spec, loaded.tokenizer, max_tokens=int(max_tokens),
                                   samples_per_category=int(samples) if samples else None,
-                                  limits=LIMITS.calibration, allow_local_files=local_files)
+                                  limits=LIMITS.calibration, allow_local_files=local_files,
+                                  processor=loaded.processor)
         if calib.num_tokens > LIMITS.calibration_tokens:
             raise ReapError(f"this calibration is {calib.num_tokens:,} tokens; the limit here is "
                             f"{LIMITS.calibration_tokens:,}: choose fewer samples or fewer tokens per sample")
@@ -982,6 +984,9 @@ def build_demo() -> gr.Blocks:
             tasks_btn = gr.Button("Task accuracy (current prune)", min_width=160)
         quality_table = gr.Markdown(elem_classes="result", elem_id="quality-table")
         tasks_table = gr.Markdown(elem_classes="result", elem_id="tasks-table")
+        with gr.Accordion("Does the pruned model still see? Vision under pruning (bundled model, measured)",
+                          open=False, elem_id="vision-pruning"):
+            gr.Markdown(bundled_report_markdown(), elem_classes="result")
 
         gr.Markdown("## 7 · Export & push")
         gr.Markdown("The export slices the pruned experts out of the checkpoint (shard by shard, so a 52 GB model "

@@ -4,7 +4,8 @@ Where samples come from, and what makes a source acceptable, is `calibration_sou
 here, so stage 2 has one entry module: `build_calibration`). This module tokenizes: chats through
 the tokenizer's own template with typed control tokens kept as text, no packing (each sample stays
 its own sequence, so no expert sees a token whose context is another sample), truncation to
-`max_tokens`, and right-padded batches whose padding every statistic ignores.
+`max_tokens`, and right-padded batches whose padding every statistic ignores. Image chats go through
+the model's processor (each picture becomes its image tokens, and its pixels ride with the batch).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from .calibration_sources import (BUILTIN_DIR, LOCAL_LIMITS, PUBLIC_LIMITS, ROLES, SERVER_PATHS_REFUSED,  # noqa: F401
                                   TOY_PREFIX, CalibrationLimits, Sample, builtin_categories, load_samples)
-from .chat_format import defuse_control_tokens, encode_chat
+from .chat_format import defuse_control_tokens, encode_chat, encode_chat_with_images
 from .errors import CalibrationError
 
 
@@ -33,17 +35,24 @@ class CalibrationSet:
     truncated: int = 0
     max_tokens: int = 0
     summary: dict = field(default_factory=dict)
+    pixels: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # sample -> its pictures' inputs
 
     @property
     def num_tokens(self) -> int:
         return sum(len(t) for t in self.token_ids)
 
+    @property
+    def num_images(self) -> int:
+        return sum(len(p["pixel_values"]) for p in self.pixels.values())
+
     def fingerprint(self) -> str:
-        """Identifies the exact tokens: same fingerprint = same statistics for the same model."""
+        """Identifies the exact inputs: same fingerprint = same statistics for the same model."""
         h = hashlib.sha256()
-        for cat, ids in zip(self.category_ids, self.token_ids):
+        for i, (cat, ids) in enumerate(zip(self.category_ids, self.token_ids)):
             h.update(self.categories[cat].encode())
             h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+            if i in self.pixels:
+                h.update(self.pixels[i]["pixel_values"].float().numpy().tobytes())
         return h.hexdigest()[:16]
 
 
@@ -53,6 +62,12 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T], 0 = padding
     category_ids: torch.Tensor    # [B]
     sample_ids: torch.Tensor      # [B] index into CalibrationSet.token_ids
+    images: dict[str, torch.Tensor] = field(default_factory=dict)   # pixel inputs of the batch's pictures, row order
+
+    def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """What the model's forward takes: ids, mask and, for image chats, the pictures."""
+        return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
+                **{k: v.to(device) for k, v in self.images.items()}}
 
 
 # --- tokenizing -------------------------------------------------------------------------------
@@ -61,7 +76,7 @@ def render_sample(sample: Sample, tokenizer: Any) -> list[int]:
     """Token ids of one sample. Chats go through the tokenizer's own chat template, with typed
     control tokens kept as text (`chat_format.encode_chat`, the same path as the chat panes). Only a
     tokenizer with no chat template at all gets the plain "role: content" rendering; a template that
-    fails is an error naming the sample, never a silent change of format."""
+    fails is an error naming the sample, never a silent change of format. (Image chats: `render_image_sample`.)"""
     if sample.text is not None:
         return tokenizer(sample.text, add_special_tokens=True)["input_ids"]
     messages = list(sample.messages or ())
@@ -76,6 +91,38 @@ def render_sample(sample: Sample, tokenizer: Any) -> list[int]:
         raise CalibrationError(f"{where}: the chat template could not render it ({reason})") from exc
 
 
+def render_image_sample(sample: Sample, processor: Any) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """Token ids and picture inputs of an image chat, through the model's processor (the same path
+    as an image in the chat panes); a picture that does not open is an error naming the sample."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = sample.where or f"a '{sample.category}' sample"
+    if processor is None:
+        raise CalibrationError(f"{where} has images, but this model takes no images (it has no image processor)")
+    messages = []
+    for m in sample.messages or ():
+        if isinstance(m.get("content"), list):
+            parts = []
+            for part in m["content"]:
+                if part.get("type") == "image":
+                    try:
+                        with Image.open(part["image"]) as im:
+                            part = {**part, "image": im.convert("RGB")}
+                    except (OSError, UnidentifiedImageError):
+                        raise CalibrationError(f"{where}: {Path(part['image']).name} is not a picture that "
+                                               "opens") from None
+                parts.append(part)
+            m = {**m, "content": parts}
+        messages.append(m)
+    try:
+        enc = encode_chat_with_images(processor, messages)
+    except Exception as exc:  # jinja and the processor raise many types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CalibrationError(f"{where}: the processor could not render it ({reason})") from exc
+    pixels = {k: enc[k] for k in ("pixel_values", "image_position_ids") if k in enc}
+    return enc["input_ids"][0].tolist(), pixels
+
+
 def _content_text(message: dict) -> str:
     content = message.get("content") or ""
     if isinstance(content, list):  # content parts: keep the text
@@ -85,13 +132,22 @@ def _content_text(message: dict) -> str:
     return content
 
 
-def tokenize_samples(samples: list[Sample], tokenizer: Any, max_tokens: int = 512, spec: str = "") -> CalibrationSet:
+def tokenize_samples(samples: list[Sample], tokenizer: Any, max_tokens: int = 512, spec: str = "",
+                     processor: Any = None) -> CalibrationSet:
     if max_tokens < 2:
         raise CalibrationError("max tokens per sample must be at least 2")
     categories: list[str] = []
     token_ids, category_ids, truncated = [], [], 0
+    pixels: dict[int, dict[str, torch.Tensor]] = {}
     for s in samples:
-        ids = render_sample(s, tokenizer)
+        if s.images:
+            ids, inputs = render_image_sample(s, processor)
+            if len(ids) > max_tokens:   # cutting through an image's tokens would leave pixels without a place
+                raise CalibrationError(f"{s.where or 'an image sample'} is {len(ids):,} tokens with its images; "
+                                       f"raise max tokens per sample above {max_tokens:,} or shorten it")
+            pixels[len(token_ids)] = inputs
+        else:
+            ids = render_sample(s, tokenizer)
         if not ids:
             continue
         if len(ids) > max_tokens:
@@ -106,15 +162,20 @@ def tokenize_samples(samples: list[Sample], tokenizer: Any, max_tokens: int = 51
     for cat, ids in zip(category_ids, token_ids):
         summary[categories[cat]]["samples"] += 1
         summary[categories[cat]]["tokens"] += len(ids)
+    for i, inputs in pixels.items():
+        summary[categories[category_ids[i]]]["images"] = (summary[categories[category_ids[i]]].get("images", 0)
+                                                          + len(inputs["pixel_values"]))
     return CalibrationSet(spec=spec, token_ids=token_ids, category_ids=category_ids, categories=categories,
-                          truncated=truncated, max_tokens=max_tokens, summary=summary)
+                          truncated=truncated, max_tokens=max_tokens, summary=summary, pixels=pixels)
 
 
 def build_calibration(spec: str, tokenizer: Any, max_tokens: int = 512, samples_per_category: int | None = None,
-                      *, limits: CalibrationLimits | None = None, allow_local_files: bool = True) -> CalibrationSet:
-    """The one entry point the CLI and the app use (see `load_samples` for the keywords)."""
+                      *, limits: CalibrationLimits | None = None, allow_local_files: bool = True,
+                      processor: Any = None) -> CalibrationSet:
+    """The one entry point the CLI and the app use (see `load_samples` for the keywords); `processor`:
+    the model's, for image chats."""
     samples = load_samples(spec, samples_per_category, limits=limits, allow_local_files=allow_local_files)
-    return tokenize_samples(samples, tokenizer, max_tokens, spec=spec)
+    return tokenize_samples(samples, tokenizer, max_tokens, spec=spec, processor=processor)
 
 
 def iter_batches(calib: CalibrationSet, batch_size: int, pad_id: int,
@@ -134,4 +195,6 @@ def iter_batches(calib: CalibrationSet, batch_size: int, pad_id: int,
             seq = calib.token_ids[i]
             input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, :len(seq)] = 1
-        yield Batch(input_ids, mask, torch.tensor([calib.category_ids[i] for i in ids]), torch.tensor(ids))
+        with_images = [calib.pixels[i] for i in ids if i in calib.pixels]
+        images = {k: torch.cat([p[k] for p in with_images]) for k in with_images[0]} if with_images else {}
+        yield Batch(input_ids, mask, torch.tensor([calib.category_ids[i] for i in ids]), torch.tensor(ids), images)

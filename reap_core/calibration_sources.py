@@ -3,7 +3,9 @@
 One spec language shared by the CLI and the app:
   builtin                      the general built-in set (assets/calibration/*.jsonl, not toy-*)
   builtin:cat1,cat2,toy-*      chosen built-in categories (shell-style patterns allowed)
-  path/to/file.jsonl           {"text": ...} or {"messages": [...]} per line, optional "category"
+  path/to/file.jsonl           {"text": ...} or {"messages": [...]} per line, optional "category";
+                               a message's content parts may hold {"type": "image", "image": "pic.png"},
+                               a picture in the file's own folder (or below it)
   path/to/file.txt             one sample per blank-line-separated block
   name[subset](split):N,...    Hub datasets, loaded with `datasets` when the network allows
 
@@ -40,6 +42,12 @@ class Sample:
     messages: tuple[dict, ...] | None = None  # chat sample, rendered with the tokenizer's template
     tools: tuple[dict, ...] | None = None     # tool schemas for tool-calling chats
     where: str = field(default="", compare=False)  # "file.jsonl line 3", for error messages
+
+    @property
+    def images(self) -> list[str]:
+        """The picture files of an image chat sample, in order (their parts hold resolved paths)."""
+        return [part["image"] for m in self.messages or () if isinstance(m.get("content"), list)
+                for part in m["content"] if part.get("type") == "image"]
 
 
 # --- limits -----------------------------------------------------------------------------------
@@ -142,8 +150,13 @@ ROLES = ("system", "user", "assistant", "tool")
 _ROLE_ALIASES = {"model": "assistant"}
 
 
-def _validate_messages(messages: list, where: str) -> tuple[dict, ...]:
-    """The messages as every chat template expects them, or a CalibrationError naming line and message."""
+MAX_IMAGE_BYTES = 20_000_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+def _validate_messages(messages: list, where: str, folder: Path | None = None) -> tuple[dict, ...]:
+    """The messages as every chat template expects them, or a CalibrationError naming line and message.
+    Image parts are resolved inside `folder` (the .jsonl file's own); without one none are accepted."""
     out = []
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict) or "role" not in m:
@@ -157,7 +170,7 @@ def _validate_messages(messages: list, where: str) -> tuple[dict, ...]:
             if not (role == "assistant" and m.get("tool_calls")):
                 raise CalibrationError(f"{where}: message {i} ({role}) has no 'content'")
         elif isinstance(content, list):
-            _validate_parts(content, f"{where}: message {i} ({role})")
+            m = {**m, "content": _validate_parts(content, f"{where}: message {i} ({role})", folder)}
         elif not isinstance(content, str):
             raise CalibrationError(f"{where}: message {i} ({role}): 'content' must be a string or a list of parts, "
                                    f"not {type(content).__name__}")
@@ -168,17 +181,45 @@ def _validate_messages(messages: list, where: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def _validate_parts(parts: list, where: str) -> None:
+def _validate_parts(parts: list, where: str, folder: Path | None) -> list[dict]:
+    out = []
     for part in parts:
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            raise CalibrationError(f"{where}: each content part must be {{\"type\": \"text\", \"text\": ...}} "
-                                   "(calibration is text only)")
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            out.append(part)
+        elif isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), str):
+            out.append({**part, "image": _image_path(part["image"], where, folder)})
+        else:
+            raise CalibrationError(f"{where}: each content part must be {{\"type\": \"text\", \"text\": ...}} or "
+                                   "{\"type\": \"image\", \"image\": \"picture.png\"}")
+    return out
 
 
-def _sample_from_record(obj: dict, default_category: str, where: str) -> Sample:
+def _image_path(name: str, where: str, folder: Path | None) -> str:
+    """A picture named in a calibration file: a relative path inside the file's folder, which must exist
+    and be a picture file of a sane size. Never an absolute path or one leading out of the folder: an
+    uploaded file must not make the server read its other files."""
+    if folder is None:
+        raise CalibrationError(f"{where}: images are accepted in .jsonl files only")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not name.strip():
+        raise CalibrationError(f"{where}: image '{name}' must be a relative path inside the file's folder")
+    path = (folder / rel).resolve()
+    if folder.resolve() not in path.parents:
+        raise CalibrationError(f"{where}: image '{name}' leads out of the file's folder")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CalibrationError(f"{where}: '{name}' is not a picture file ({', '.join(IMAGE_SUFFIXES)})")
+    if not path.is_file():
+        raise CalibrationError(f"{where}: image '{name}' not found next to the calibration file")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise CalibrationError(f"{where}: image '{name}' is {_size(path.stat().st_size)}; the limit is "
+                               f"{_size(MAX_IMAGE_BYTES)}")
+    return str(path)
+
+
+def _sample_from_record(obj: dict, default_category: str, where: str, folder: Path | None = None) -> Sample:
     category = str(obj.get("category") or default_category)
     if isinstance(obj.get("messages"), list) and obj["messages"]:
-        messages = _validate_messages(obj["messages"], where)
+        messages = _validate_messages(obj["messages"], where, folder)
         tools = obj.get("tools")
         if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
             raise CalibrationError(f"{where}: 'tools' must be a list of objects")
@@ -188,7 +229,8 @@ def _sample_from_record(obj: dict, default_category: str, where: str) -> Sample:
     raise CalibrationError(f"{where}: needs a non-empty 'text' string or a 'messages' list")
 
 
-def _parse_jsonl(text: str, name: str, default_category: str, limits: CalibrationLimits) -> list[Sample]:
+def _parse_jsonl(text: str, name: str, default_category: str, limits: CalibrationLimits,
+                 folder: Path | None = None) -> list[Sample]:
     samples: list[Sample] = []
     for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON may hold a raw U+2028
         if not line.strip():
@@ -199,7 +241,7 @@ def _parse_jsonl(text: str, name: str, default_category: str, limits: Calibratio
             raise CalibrationError(f"{name} line {lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise CalibrationError(f"{name} line {lineno}: expected an object with 'text' or 'messages'")
-        _admit(samples, _sample_from_record(obj, default_category, f"{name} line {lineno}"), limits, name)
+        _admit(samples, _sample_from_record(obj, default_category, f"{name} line {lineno}", folder), limits, name)
     return samples
 
 
@@ -227,8 +269,10 @@ def _load_local(path: Path, limits: CalibrationLimits) -> list[Sample]:
     if suffix not in (".jsonl", ".txt"):
         raise CalibrationError(f"unsupported calibration file type '{path.suffix}': use .jsonl or .txt")
     text = _read_text(path, limits)
-    parse = _parse_jsonl if suffix == ".jsonl" else _parse_txt
-    samples = parse(text, path.name, path.stem, limits)
+    if suffix == ".jsonl":
+        samples = _parse_jsonl(text, path.name, path.stem, limits, folder=path.parent)
+    else:
+        samples = _parse_txt(text, path.name, path.stem, limits)
     if not samples:
         raise CalibrationError(f"calibration file {path.name} holds no samples")
     return samples
@@ -257,7 +301,7 @@ def _load_builtin(selection: str) -> list[Sample]:
     samples = []
     for name in chosen:  # our own data: the generous limits, whatever the caller's
         path = BUILTIN_DIR / f"{name}.jsonl"
-        samples += _parse_jsonl(_read_text(path, LOCAL_LIMITS), path.name, name, LOCAL_LIMITS)
+        samples += _parse_jsonl(_read_text(path, LOCAL_LIMITS), path.name, name, LOCAL_LIMITS, folder=BUILTIN_DIR)
     return samples
 
 

@@ -129,10 +129,11 @@ def cmd_calibrate(args) -> None:
         loaded = load_model(args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
     try:
         calib = build_calibration(args.calibration, loaded.tokenizer, max_tokens=args.max_tokens,
-                                  samples_per_category=args.samples_per_category)
+                                  samples_per_category=args.samples_per_category, processor=loaded.processor)
         part = (f"shard {shard[0] + 1} of {shard[1]}: " if shard else
                 f"rank {rank} of {world_size}: " if world_size > 1 else "")
-        print(f"{part}calibration: {len(calib.token_ids)} samples, {calib.num_tokens} tokens, "
+        pictures = f"{calib.num_images} images, " if calib.num_images else ""
+        print(f"{part}calibration: {len(calib.token_ids)} samples, {pictures}{calib.num_tokens} tokens, "
               f"{len(calib.categories)} categories ({calib.truncated} truncated to {args.max_tokens} tokens)")
         start = time.perf_counter()
         if sequential:
@@ -294,13 +295,14 @@ def cmd_eval(args) -> None:
     suite = defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
     report: dict = {}
     label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
-    print(f"{suite} suite, {args.items_per_domain} items per domain, {label}")
+    print(f"{suite} suite, {args.items_per_domain} items per domain, {label}"
+          + (", thinking on" if args.thinking else ""))
     if plan is not None:
-        tasks = task_accuracy(loaded, plan, suite, items_per_domain=args.items_per_domain)
+        tasks = task_accuracy(loaded, plan, suite, items_per_domain=args.items_per_domain, thinking=args.thinking)
         print(tasks.format_table())
         report["tasks"] = tasks.to_dict()
     else:  # the same call task_accuracy makes for its "original" column: the same score
-        result = suite_accuracy(loaded, None, suite, items_per_domain=args.items_per_domain)
+        result = suite_accuracy(loaded, None, suite, items_per_domain=args.items_per_domain, thinking=args.thinking)
         print(result.format_table())
         report["tasks"] = result.to_dict()
     if args.generation:
@@ -465,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="auto",
                    help="task suite: auto (toy for the bundled model, gemma4-bench otherwise), toy, gemma4-bench")
     p.add_argument("--items-per-domain", type=positive_int, default=40)
+    p.add_argument("--thinking", action="store_true", help="answer with thinking on (the chat template's switch)")
     p.add_argument("--stats", help="statistics file: evaluate the model pruned with these statistics")
     p.add_argument("--ratio", type=float, help="compression ratio to evaluate (with --stats)")
     p.add_argument("--fidelity", action="store_true", help="sweep ratios x criteria: KL, top-1 agreement, PPL ratio")

@@ -66,9 +66,10 @@ EXAMPLES = (
     Example("facts", "Name the capital city of Greece."),
     Example("math", "Ana has 5 bags with 5 shells in each bag. How many shells does Ana have?"),
 )
-KNOWS = ("It knows only five toy domains — two-digit math word problems, small Python functions, JSON tool "
-         "calls, facts from a table (capitals, continents, chemical symbols) and English → Spanish — and "
-         "answers anything else with nonsense; it was not trained to think out loud.")
+KNOWS = ("It knows only eight toy tasks — two-digit math word problems (worked column by column; with thinking "
+         "on, in its thought channel), small Python functions, Gemma 4 tool calls, facts from a table (capitals, "
+         "continents, chemical symbols), English → Spanish, and three questions about simple pictures (shape and "
+         "colour, counting, position) — and answers anything else with nonsense.")
 
 
 def weights_sha256(folder: str | Path) -> str:

@@ -1,6 +1,6 @@
 """What "auto" means when evaluating a model: the data, prompts, suite and budgets that fit it.
 
-The bundled toy model knows only its five toy domains, so it is evaluated on toy data; any other
+The bundled toy model knows only its eight toy tasks, so it is evaluated on toy data; any other
 model (a real chat model such as Gemma 4) on the built-in gemma4-bench and general prompts, with
 a smaller batch (its vocabulary makes one batch's log-probs large, see fidelity.py).
 """

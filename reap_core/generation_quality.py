@@ -77,7 +77,8 @@ def prompt_set(name: str, per_domain: int = 4) -> list[tuple[str, str]]:
     'general': gemma_bench.GENERATION_PROMPTS."""
     stress = [(d, p) for d, p in gemma_bench.GENERATION_PROMPTS if d in ("long-answer", "repetition-stress")]
     if name == "toy":
-        tasks = [(d, it.prompt) for d in toy_tasks.DOMAINS for it in toy_tasks.generate(d, per_domain, HELDOUT_SEED)]
+        tasks = [(d, it.prompt) for d in toy_tasks.TEXT_DOMAINS   # text prompts: a picture question needs its picture
+                 for it in toy_tasks.generate(d, per_domain, HELDOUT_SEED)]
         return tasks + stress
     if name == "general":
         return list(gemma_bench.GENERATION_PROMPTS)

@@ -43,27 +43,51 @@ class GreedyAnswer:
         return reasoning_unfinished(self.raw)
 
 
+def has_image(conversation: list[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"])
+               for m in conversation)
+
+
+def _images(conversation: list[dict]) -> list:
+    return [p["image"] for m in conversation if isinstance(m.get("content"), list)
+            for p in m["content"] if p.get("type") == "image"]
+
+
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8,
-                    thinking: bool = False, progress: Progress | None = None) -> list[GreedyAnswer]:
-    """Greedy answers, in the order of `conversations`; progress(done, total) after each batch."""
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
-               for c in conversations]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+                    thinking: bool = False, progress: Progress | None = None, *,
+                    tools: list[list[dict] | None] | None = None, processor=None) -> list[GreedyAnswer]:
+    """Greedy answers, in the order of `conversations`; progress(done, total) after each batch.
+    `tools[i]`: the tools declared to conversation i. Conversations with images (content parts
+    {"type": "image", "image": PIL image}) go through `processor`, in batches of their own."""
+    tools = tools or [None] * len(conversations)
+    with_image = [has_image(c) for c in conversations]
+    if any(with_image) and processor is None:
+        raise ValueError("conversations with images need the model's processor")
+    render = lambda i: (processor if with_image[i] else tokenizer).apply_chat_template(  # noqa: E731
+        conversations[i], tools=tools[i], add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
+    prompts = [render(i) for i in range(len(conversations))]
+    order = sorted(range(len(prompts)), key=lambda i: (with_image[i], len(prompts[i])))
     eos_ids = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     pad_text = tokenizer.decode([pad], skip_special_tokens=False) if tokenizer.pad_token_id is not None else None
     device = model.get_input_embeddings().weight.device
     out: list[GreedyAnswer] = [GreedyAnswer("", False)] * len(prompts)
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    batches = [[i for i in b if not with_image[i]] for b in batches] + [[i for i in b if with_image[i]] for b in batches]
     old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
+    done = 0
     try:
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+        for idx in (b for b in batches if b):
             # The template already starts with <bos>: no extra special tokens.
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            if with_image[idx[0]]:
+                enc = processor(text=[prompts[i] for i in idx], images=[_images(conversations[i]) for i in idx],
+                                return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            else:
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
             gen = model.generate(**enc, do_sample=False, temperature=None, top_p=None, top_k=None,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=list(eos_ids))
             for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:].tolist()):
@@ -72,8 +96,9 @@ def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_t
                 if pad_text:
                     text = text.replace(pad_text, "")
                 out[i] = GreedyAnswer(text, not stopped and len(row) >= max_new_tokens)
+            done += len(idx)
             if progress:
-                progress(min(b + batch_size, len(order)), len(order))
+                progress(done, len(order))
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)

@@ -153,10 +153,10 @@ def _answer_start(sample: Sample, ids: list[int], tokenizer: Any) -> tuple[int, 
 
 def _toy_samples(per_domain: int, exclusion: Exclusion, tokenizer: Any) -> tuple[list[Sample], int]:
     samples, dropped = [], 0
-    for domain in toy_tasks.DOMAINS:
+    for domain in toy_tasks.TEXT_DOMAINS:   # token sequences: image tasks are measured by vision_eval
         got = 0
         for item in toy_tasks.generate(domain, per_domain * 4, HELDOUT_SEED):
-            s = Sample(domain, messages=tuple(toy_tasks.to_messages(item, with_answer=True)))
+            s = Sample(domain, messages=tuple(toy_tasks.to_messages(item, with_answer=True)), tools=item.tools or None)
             if exclusion.excludes(render_sample(s, tokenizer)):
                 dropped += 1
                 continue

@@ -23,6 +23,7 @@ from torch import nn
 
 from .adapters import MoEAdapter, find_adapter
 from .errors import ModelLoadError, UnsupportedModel
+from .processors import load_processor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -318,9 +319,8 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", trust_r
                              f"({_scrub_path(source, exc)})") from None
     processor, processor_error = None, None
     if getattr(config, "vision_config", None) is not None:
-        try:
-            from transformers import AutoProcessor
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, token=token)
+        try:   # without torchvision: the processor minus its video part (processors.py)
+            processor, _ = load_processor(path, trust_remote_code=trust_remote_code, token=token)
         except (*_read_errors(), ImportError) as exc:  # text use still works; the reason is shown with the model
             processor_error = f"{type(exc).__name__}: {_scrub_path(source, exc).splitlines()[0][:200]}"
     # read_from: in public mode the Hub cache snapshot, which an export streams from instead of

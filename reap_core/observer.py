@@ -140,8 +140,7 @@ def observe(loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
     with torch.inference_mode(), adapter.observing(model, acc.record):
         for batch in iter_batches(calib, batch_size, pad_id, only=samples):
             acc.begin_batch(batch.attention_mask, batch.category_ids, batch.sample_ids, stats_device)
-            backbone(input_ids=batch.input_ids.to(stats_device),
-                     attention_mask=batch.attention_mask.to(stats_device), use_cache=False)
+            backbone(**batch.model_inputs(stats_device), use_cache=False)
             done += len(batch.sample_ids)
             tokens += int(batch.attention_mask.sum())
             if progress:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .calibration import CalibrationSet, iter_batches
+from .calibration import Batch, CalibrationSet, iter_batches
 from .errors import ReapError
 from .model import LoadedModel, load_model
 from .observer import TOP_TOKENS_PER_EXPERT, _Accumulator, stats_from_accumulator
@@ -106,9 +106,9 @@ class OnDevice:
         return False
 
 
-def record_layer_inputs(loaded: LoadedModel, batches: list[tuple[torch.Tensor, torch.Tensor]]
+def record_layer_inputs(loaded: LoadedModel, batches: list[Batch]
                         ) -> tuple[list[nn.Module], list[list], list[torch.Tensor]]:
-    """One pass of (input_ids, attention_mask) batches through the model with every decoder layer
+    """One pass of calibration batches (their ids, masks and pictures) through the model with every decoder layer
     replaced by a _Recorder: (the real layers, per layer the (shape, args, kwargs) of every batch,
     layer 0's input hidden states per batch, on the CPU)."""
     model, device = loaded.model, loaded.input_device
@@ -122,8 +122,8 @@ def record_layer_inputs(loaded: LoadedModel, batches: list[tuple[torch.Tensor, t
     handle = layer_list[0].register_forward_pre_hook(capture_input, with_kwargs=True)
     try:
         with torch.inference_mode():
-            for input_ids, attention_mask in batches:
-                model.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+            for batch in batches:
+                model.model(**batch.model_inputs(device), use_cache=False)
     finally:
         handle.remove()
         for i, layer in enumerate(real):
@@ -156,7 +156,7 @@ def observe_sequential(loaded: LoadedModel, calib: CalibrationSet, batch_size: i
     pad_id = 0 if pad_id is None else pad_id
     batches = list(iter_batches(calib, batch_size, pad_id))
 
-    real, calls, hidden = record_layer_inputs(loaded, [(b.input_ids, b.attention_mask) for b in batches])
+    real, calls, hidden = record_layer_inputs(loaded, batches)
     identity = {"model": loaded.model_id, "fingerprint": calib.fingerprint(), "batch_size": batch_size,
                 "layers": len(real), "experts": loaded.num_experts, "top_tokens": top_tokens_per_expert}
     first = 0

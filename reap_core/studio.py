@@ -183,8 +183,6 @@ def thinking_switch(loaded: LoadedModel) -> ThinkingSwitch:
     family = loaded.adapter.layout.family
     markers = loaded.adapter.layout.thinking_markers
     label = f"Thinking ({family})"
-    if is_bundled(loaded):
-        return ThinkingSwitch(False, label, "Off for the bundled model: it was not trained with a thinking channel")
     if not markers:
         return ThinkingSwitch(False, label, f"Off: {family} models have no reasoning block to switch on")
     shown = f"{markers[0]} … {markers[1]}"

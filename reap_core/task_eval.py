@@ -4,7 +4,7 @@ What enters: a model and its tokenizer (with a chat template), or a `LoadedModel
 `PruningPlan`; a suite name and a count of items per domain. What leaves: a `SuiteResult`
 ((correct, total) per domain, for one variant) or a `TaskReport` (both variants, same items).
 
-SUITES is the one registry of suites: "toy" (the bundled model's five domains, toy_tasks.py) and
+SUITES is the one registry of suites: "toy" (the bundled model's eight tasks, toy_tasks.py) and
 "gemma4-bench" (built-in items for real chat models, gemma_bench.py). Every path — the CLI with or
 without --ratio, the app, the scripts — scores through `run_suite`, which answers through
 greedy.generate_greedy, so the original gets the same score wherever it is measured;
@@ -46,13 +46,16 @@ class Suite:
     to_messages: Callable[[Any], list[dict]]   # item -> chat messages without the answer
     default_seed: int
     max_new_tokens: int  # longest reference answer of the suite plus margin
+    tools: Callable[[Any], list[dict] | None] = lambda item: None   # tools declared to an item
+    image_domains: tuple[str, ...] = ()   # need the model's processor; skipped without one
 
 
 SUITES: dict[str, Suite] = {
     "toy": Suite(
         name="toy", domains=toy_tasks.DOMAINS, generate=toy_tasks.generate, check=toy_tasks.check,
         to_messages=lambda item: toy_tasks.to_messages(item, with_answer=False),
-        default_seed=toy_tasks.EVAL_SEED, max_new_tokens=80),
+        default_seed=toy_tasks.EVAL_SEED, max_new_tokens=80, tools=toy_tasks.tools_of,
+        image_domains=toy_tasks.IMAGE_DOMAINS),
     gemma_bench.NAME: Suite(   # items in file order: the seed is not used
         name=gemma_bench.NAME, domains=gemma_bench.DOMAINS,
         generate=lambda domain, n, seed: gemma_bench.items(domain, n),
@@ -77,6 +80,7 @@ class SuiteResult:
     seed: int = 0
     unfinished: int = 0          # answers whose reasoning never closed (graded wrong)
     max_new_tokens: int = 0      # the token budget used
+    skipped: tuple[str, ...] = ()   # image domains left out: the model has no processor
 
     @property
     def mean_accuracy(self) -> float:
@@ -97,6 +101,7 @@ class SuiteResult:
             "mean_accuracy": self.mean_accuracy,
             "unfinished": self.unfinished,
             "max_new_tokens": self.max_new_tokens,
+            "skipped": list(self.skipped),
         }
 
     def format_table(self) -> str:
@@ -108,29 +113,34 @@ class SuiteResult:
                      f"{self.mean_accuracy:.1%} |")
         if self.unfinished:
             lines.append(f"\n{self.unfinished} answers ran out of tokens inside the reasoning channel (graded wrong)")
+        if self.skipped:
+            lines.append(f"\nNot measured (image tasks, and no image processor): {', '.join(self.skipped)}")
         return "\n".join(lines)
 
 
 def run_suite(model, tokenizer, suite: str = "toy", items_per_domain: int = 40, seed: int | None = None,
               max_new_tokens: int | None = None, batch_size: int = 16, progress: Progress | None = None,
-              thinking: bool = False) -> SuiteResult:
+              thinking: bool = False, processor: Any = None, domains: tuple[str, ...] | None = None) -> SuiteResult:
     """Accuracy per domain of greedy answers on `items_per_domain` held-out items per domain.
 
     `seed` defaults to the suite's (toy: toy_tasks.EVAL_SEED, apart from the training and
-    calibration seeds). `progress`, if given, is called with (items done, items total) after each batch.
+    calibration seeds). `domains`: only these of the suite's; `processor`: for image domains. `progress`, if given, is called with (items done, items total) after each batch.
     """
     s = get_suite(suite)
     seed = s.default_seed if seed is None else seed
     budget = max_new_tokens or (THINKING_BUDGET * s.max_new_tokens if thinking else s.max_new_tokens)
-    items = [(d, it) for d in s.domains for it in s.generate(d, items_per_domain, seed)]
+    wanted = [d for d in s.domains if domains is None or d in domains]
+    skipped = tuple(d for d in s.image_domains if processor is None and d in wanted)
+    domains = [d for d in wanted if d not in skipped]
+    items = [(d, it) for d in domains for it in s.generate(d, items_per_domain, seed)]
     answers = generate_greedy(model, tokenizer, [s.to_messages(it) for _, it in items], budget, batch_size,
-                              thinking, progress)
-    per_domain = {d: (0, 0) for d in s.domains}
+                              thinking, progress, tools=[s.tools(it) for _, it in items], processor=processor)
+    per_domain = {d: (0, 0) for d in domains}
     for (d, it), ans in zip(items, answers):
         c, t = per_domain[d]
         per_domain[d] = (c + int(s.check(d, it, ans.text)), t + 1)
     return SuiteResult(suite=s.name, per_domain=per_domain, seed=seed, max_new_tokens=budget,
-                       unfinished=sum(a.unfinished for a in answers))
+                       unfinished=sum(a.unfinished for a in answers), skipped=skipped)
 
 
 def suite_accuracy(loaded: LoadedModel, plan: PruningPlan | None = None, suite: str = "auto",
@@ -142,7 +152,8 @@ def suite_accuracy(loaded: LoadedModel, plan: PruningPlan | None = None, suite: 
     with masked_view(loaded, plan):
         return run_suite(loaded.model, loaded.tokenizer, d["suite"] if suite == "auto" else suite,
                          items_per_domain=items_per_domain or 40, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size or d["batch_size"], progress=progress, thinking=thinking)
+                         batch_size=batch_size or d["batch_size"], progress=progress, thinking=thinking,
+                         processor=loaded.processor)
 
 
 # --- both variants -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 What enters: a domain name, a seed and a count. What leaves: `Item`s (a user prompt and the one
 reference answer) and, for a model's answer, a yes/no from `check(domain, item, answer)`.
 
-Why it exists: the bundled toy model (assets/toy-gemma4-moe) is trained on these five domains so
+Why it exists: the bundled toy model (assets/toy-gemma4-moe) is trained on these eight domains so
 that its experts have something to specialise in and so that every answer can be checked by a
 program. The same generators feed training (scripts/train_toy_model.py), the calibration sets
 (scripts/make_toy_calibration.py, assets/calibration/toy-<domain>.jsonl) and the evaluation
@@ -11,11 +11,17 @@ suite (reap_core/task_eval.py). Seeds keep them apart: see TRAIN_SEED, CALIBRATI
 
 The domains differ on purpose in vocabulary and structure, so routing can tell them apart:
 
-- math:        arithmetic word problems, a short worked step, then "The answer is N."
+- math:        arithmetic word problems, worked column by column, then "The answer is N."
 - code:        a small Python function from a one-line description (checked by ast.parse + tests)
-- tools:       a JSON tool call from a tool list and a request (checked field by field)
+- tools:       a Gemma 4 tool call (`<|tool_call>call:NAME{...}<tool_call|>`) for tools declared in
+               the system turn (checked field by field)
 - facts:       questions on a built-in fact table (capitals, continents, chemical symbols)
 - translation: simple English sentences into Spanish (a small lexicon, gender agreement)
+- shapes, counting, position: questions on a synthetic picture (toy_vision.py)
+
+Thinking: every item also has a `thought`, what the model writes in Gemma 4's thought channel when
+thinking is on. With thinking on, math's column steps move into the thought and the answer is only
+"The answer is N."; with thinking off they stay in the answer (the model shows its work).
 
 Everything is procedural and seeded (random.Random(seed)); no downloads, no torch.
 """
@@ -23,12 +29,13 @@ Everything is procedural and seeded (random.Random(seed)); no downloads, no torc
 from __future__ import annotations
 
 import ast
-import json
 import random
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import toy_vision
 
 # Seeds: training, calibration and evaluation never share a seed. Items are drawn from the same
 # distributions (facts come from one fixed table, so eval questions ask about trained facts;
@@ -37,7 +44,9 @@ TRAIN_SEED = 1234
 CALIBRATION_SEED = 5678
 EVAL_SEED = 9999
 
-DOMAINS = ("math", "code", "tools", "facts", "translation")
+TEXT_DOMAINS = ("math", "code", "tools", "facts", "translation")
+IMAGE_DOMAINS = toy_vision.DOMAINS
+DOMAINS = TEXT_DOMAINS + IMAGE_DOMAINS   # appended: a text domain's items keep their seed
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,29 @@ class Item:
 
     domain: str
     prompt: str
-    answer: str
-    meta: dict  # checker data (expected number, tests, expected call, ...)
+    answer: str                  # with thinking off
+    meta: dict                   # checker data (expected number, tests, expected call, image spec, ...)
+    thought: str = ""            # the thought channel's text with thinking on
+    thinking_answer: str = ""    # the answer after the thought ("" = the same as `answer`)
+    tools: tuple = field(default=())   # tool declarations (OpenAI function format) for the system turn
+
+    @property
+    def image(self) -> Any:
+        """The picture of an image item (drawn on each call; None for a text item)."""
+        spec = self.meta.get("image")
+        return toy_vision.draw(spec) if spec else None
+
+    def reply(self, thinking: bool) -> str:
+        """What the model writes after the generation prompt, up to (not including) its end token."""
+        if not thinking:
+            return self.answer
+        return f"<|channel>thought\n{self.thought}<channel|>{self.thinking_answer or self.answer}"
 
 
 # ---------------------------------------------------------------------------------------------
-# math: "Mia has 34 shells and finds 27 more. ..." -> "4 + 7 = 11, 30 + 20 = 50, 50 + 11 = 61.
-# The answer is 61." The worked step splits the sum into single-digit and tens sums, which a
-# small model can learn as lookup tables; the final number is what the checker reads.
+# math: "Mia has 34 shells and finds 27 more. ..." -> "34 + 27: 4 + 7 = 11, carry 1; 3 + 2 + 1 = 6.
+# So 61. The answer is 61." Column by column, every step a one-digit fact a small model can learn
+# as a lookup table; the final number is what the checker reads.
 # ---------------------------------------------------------------------------------------------
 
 _NAMES = ["Mia", "Tom", "Ana", "Leo", "Sara", "Ben", "Nora", "Omar", "Lily", "Sam", "Zoe", "Max",
@@ -83,22 +107,30 @@ def _math_item(rng: random.Random) -> Item:
     if op == "add":
         a, b = rng.randint(10, 89), rng.randint(10, 89)
         result = a + b
-        units, tens = a % 10 + b % 10, (a // 10 + b // 10) * 10
-        work = f"{a % 10} + {b % 10} = {units}, {a // 10 * 10} + {b // 10 * 10} = {tens}, {tens} + {units} = {result}."
+        units, carry = a % 10 + b % 10, (a % 10 + b % 10) // 10
+        tens = a // 10 + b // 10 + carry
+        work = (f"{a} + {b}: {a % 10} + {b % 10} = {units}, carry 1; {a // 10} + {b // 10} + 1 = {tens}."
+                if carry else f"{a} + {b}: {a % 10} + {b % 10} = {units}; {a // 10} + {b // 10} = {tens}.")
         prompt = rng.choice(_ADD_TEMPLATES).format(n=name, a=a, b=b, t=thing)
     elif op == "sub":
         a = rng.randint(20, 99)
         b = rng.randint(10, a - 1)
         result = a - b
-        mid = a - b // 10 * 10
-        work = f"{a} - {b // 10 * 10} = {mid}, {mid} - {b % 10} = {result}."
+        if a % 10 < b % 10:
+            work = (f"{a} - {b}: {a % 10} - {b % 10} needs a borrow, {a % 10 + 10} - {b % 10} = {a % 10 + 10 - b % 10};"
+                    f" {a // 10} - {b // 10} - 1 = {a // 10 - b // 10 - 1}.")
+        else:
+            work = f"{a} - {b}: {a % 10} - {b % 10} = {a % 10 - b % 10}; {a // 10} - {b // 10} = {a // 10 - b // 10}."
         prompt = rng.choice(_SUB_TEMPLATES).format(n=name, a=a, b=b, t=thing)
     else:
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         result = a * b
         work = f"{a} x {b} = {result}."
         prompt = rng.choice(_MUL_TEMPLATES).format(n=name, a=a, b=b, t=thing)
-    return Item("math", prompt, f"{work} The answer is {result}.", {"result": result})
+    if op != "mul":
+        work += f" So {result}."
+    final = f"The answer is {result}."
+    return Item("math", prompt, f"{work} {final}", {"result": result}, thought=work, thinking_answer=final)
 
 
 def _check_math(item: Item, answer: str) -> bool:
@@ -160,7 +192,8 @@ def _code_item(rng: random.Random) -> Item:
     args = _ARGS[kind]
     prompt = rng.choice(_CODE_PROMPTS).format(f=fname, args=args, desc=desc_t.format(k=k))
     answer = f"```python\ndef {fname}({args}):\n    {body_t.format(k=k)}\n```"
-    return Item("code", prompt, answer, {"spec": spec_idx, "k": k, "name": fname})
+    return Item("code", prompt, answer, {"spec": spec_idx, "k": k, "name": fname},
+                thought=f"One function, {fname}({args}), that {desc_t.format(k=k)}.")
 
 
 _SAFE_BUILTINS = {"sum": sum, "len": len, "max": max, "min": min, "range": range, "abs": abs,
@@ -201,23 +234,63 @@ def _check_code(item: Item, answer: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# tools: a list of 3 tool schemas (JSON) and a request -> {"name": ..., "arguments": {...}}.
-# The checker parses the JSON and compares name and every argument exactly.
+# tools: 3 tools declared in the system turn and a request -> one Gemma 4 tool call,
+# <|tool_call>call:get_weather{city:<|"|>Paris<|"|>,unit:<|"|>celsius<|"|>}<tool_call|>. The checker
+# parses the call and compares name and every argument exactly.
 # ---------------------------------------------------------------------------------------------
 
 _CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Berlin", "Madrid", "Toronto", "Sydney",
            "Nairobi", "Rome", "Seoul", "Dublin", "Quito"]
 _PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 _TOOLS: list[dict] = [
-    {"name": "get_weather", "params": {"city": "string", "unit": "celsius|fahrenheit"}},
-    {"name": "set_alarm", "params": {"hour": "integer", "minute": "integer"}},
-    {"name": "send_email", "params": {"to": "string", "subject": "string"}},
-    {"name": "convert_currency", "params": {"amount": "integer", "source": "string", "target": "string"}},
-    {"name": "book_table", "params": {"city": "string", "people": "integer"}},
-    {"name": "play_music", "params": {"genre": "string", "volume": "integer"}},
-    {"name": "get_time", "params": {"city": "string"}},
-    {"name": "add_reminder", "params": {"task": "string", "day": "string"}},
+    {"name": "get_weather", "params": {"city": "string", "unit": "celsius|fahrenheit"}, "about": "Current weather"},
+    {"name": "set_alarm", "params": {"hour": "integer", "minute": "integer"}, "about": "Set an alarm"},
+    {"name": "send_email", "params": {"to": "string", "subject": "string"}, "about": "Send an email"},
+    {"name": "convert_currency", "params": {"amount": "integer", "source": "string", "target": "string"},
+     "about": "Convert money"},
+    {"name": "book_table", "params": {"city": "string", "people": "integer"}, "about": "Book a restaurant"},
+    {"name": "play_music", "params": {"genre": "string", "volume": "integer"}, "about": "Play music"},
+    {"name": "get_time", "params": {"city": "string"}, "about": "Local time"},
+    {"name": "add_reminder", "params": {"task": "string", "day": "string"}, "about": "Add a reminder"},
 ]
+
+
+def _declaration(tool: dict) -> dict:
+    """A toy tool as an OpenAI-style function declaration (what chat templates take as `tools`)."""
+    props = {}
+    for key, kind in tool["params"].items():
+        props[key] = ({"type": "string", "enum": kind.split("|")} if "|" in kind else {"type": kind})
+    return {"type": "function", "function": {"name": tool["name"], "description": tool["about"],
+                                             "parameters": {"type": "object", "properties": props,
+                                                            "required": list(tool["params"])}}}
+
+
+def _quote(value) -> str:
+    return f'<|"|>{value}<|"|>' if isinstance(value, str) else str(value)
+
+
+def format_tool_call(name: str, arguments: dict) -> str:
+    """A Gemma 4 tool call as the model writes it (keys sorted, strings in <|"|>, as the template does)."""
+    return f"<|tool_call>call:{name}{{" + ",".join(f"{k}:{_quote(v)}" for k, v in sorted(arguments.items())) + "}<tool_call|>"
+
+
+_CALL = re.compile(r"<\|tool_call>call:(\w+)\{(.*?)\}<tool_call\|>", re.S)
+_ARG = re.compile(r'(\w+):(?:<\|"\|>(.*?)<\|"\|>|(-?\d+))')
+
+
+def parse_tool_calls(text: str) -> list[dict]:
+    """The Gemma 4 tool calls in a model's raw output, as {"name", "arguments"} (flat arguments:
+    strings and integers, what the toy tools take)."""
+    calls = []
+    for name, body in _CALL.findall(text):
+        args, rest = {}, body
+        for m in _ARG.finditer(body):
+            args[m.group(1)] = m.group(2) if m.group(3) is None else int(m.group(3))
+            rest = rest.replace(m.group(0), "", 1)
+        if rest.strip(","):
+            args["__unparsed__"] = rest
+        calls.append({"name": name, "arguments": args})
+    return calls
 _CURRENCIES = ["USD", "EUR", "JPY", "GBP", "CHF", "CAD"]
 _GENRES = ["jazz", "rock", "classical", "pop", "blues", "reggae"]
 _TASKS = ["call mom", "buy milk", "pay rent", "water plants", "renew passport", "book dentist"]
@@ -266,18 +339,13 @@ def _tools_item(rng: random.Random) -> Item:
     offered = rng.sample(_TOOLS, 3)
     target = rng.choice(offered)["name"]
     request, args = _tool_request(target, rng)
-    schema = json.dumps([{"name": t["name"], "parameters": t["params"]} for t in offered])
-    prompt = f"Tools: {schema}\nRequest: {request}\nReply with one JSON tool call."
     call = {"name": target, "arguments": args}
-    return Item("tools", prompt, json.dumps(call), {"call": call})
+    return Item("tools", request, format_tool_call(target, args), {"call": call},
+                thought=f"The request fits {target}.", tools=tuple(_declaration(t) for t in offered))
 
 
 def _check_tools(item: Item, answer: str) -> bool:
-    try:
-        call = json.loads(answer.strip())
-    except (json.JSONDecodeError, ValueError):
-        return False
-    return isinstance(call, dict) and call == item.meta["call"]
+    return parse_tool_calls(answer) == [item.meta["call"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +399,7 @@ def _facts_item(rng: random.Random) -> Item:
         answer = (f"The capital of {x} is {capital}." if relation == "capital"
                   else f"{x} is in {continent}.")
     prompt = rng.choice(_FACT_QUESTIONS[relation]).format(x=x)
-    return Item("facts", prompt, answer, {})
+    return Item("facts", prompt, answer, {}, thought=f"A question about the {relation} of {x}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +450,8 @@ def _translation_item(rng: random.Random) -> Item:
     spanish = spanish[0].upper() + spanish[1:] + "."
     prompt = rng.choice(["Translate into Spanish: {s}", "Spanish, please: {s}",
                          "How do you say this in Spanish? {s}"]).format(s=english)
-    return Item("translation", prompt, spanish, {})
+    return Item("translation", prompt, spanish, {},
+                thought="Word by word; adjectives follow the noun and agree with it.")
 
 
 def _check_exact(item: Item, answer: str) -> bool:
@@ -393,13 +462,22 @@ def _check_exact(item: Item, answer: str) -> bool:
 # Public interface
 # ---------------------------------------------------------------------------------------------
 
+def _image_item(domain: str) -> Callable[[random.Random], Item]:
+    def make(rng: random.Random) -> Item:
+        spec = toy_vision.make_spec(domain, rng)
+        return Item(domain, rng.choice(toy_vision.QUESTIONS[domain]), toy_vision.answer_for(domain, spec),
+                    {"image": spec}, thought=toy_vision.thought_for(domain, spec))
+    return make
+
+
 _GENERATORS: dict[str, Callable[[random.Random], Item]] = {
     "math": _math_item, "code": _code_item, "tools": _tools_item, "facts": _facts_item,
-    "translation": _translation_item,
+    "translation": _translation_item, **{d: _image_item(d) for d in IMAGE_DOMAINS},
 }
 _CHECKERS: dict[str, Callable[[Item, str], bool]] = {
     "math": _check_math, "code": _check_code, "tools": _check_tools, "facts": _check_exact,
     "translation": _check_exact,
+    **{d: (lambda item, answer, d=d: toy_vision.check(d, item.meta["image"], answer)) for d in IMAGE_DOMAINS},
 }
 
 
@@ -424,15 +502,21 @@ def check(domain: str, item: Item, model_answer: str) -> bool:
 
 
 def to_messages(item: Item, with_answer: bool = True) -> list[dict]:
-    """The chat form of an item: a user turn, and the assistant turn if `with_answer`."""
-    messages = [{"role": "user", "content": item.prompt}]
+    """The chat form of an item: a user turn (the picture first, for an image item), and the assistant
+    turn if `with_answer` (a tool call for a tools item). Its tools go to the template as `tools`."""
+    image = item.image
+    content: Any = ([{"type": "image", "image": image}, {"type": "text", "text": item.prompt}]
+                    if image is not None else item.prompt)
+    messages = [{"role": "user", "content": content}]
     if with_answer:
-        messages.append({"role": "assistant", "content": item.answer})
+        if item.domain == "tools":
+            call = item.meta["call"]
+            messages.append({"role": "assistant", "tool_calls": [
+                {"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]})
+        else:
+            messages.append({"role": "assistant", "content": item.answer})
     return messages
 
 
-def training_conversations(n_per_domain: int, seed: int = TRAIN_SEED) -> list[list[dict]]:
-    """Shuffled chat conversations, `n_per_domain` of each domain, for training."""
-    convs = [to_messages(it) for d in DOMAINS for it in generate(d, n_per_domain, seed)]
-    random.Random(seed).shuffle(convs)
-    return convs
+def tools_of(item: Item) -> list[dict] | None:
+    return list(item.tools) or None

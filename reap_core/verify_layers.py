@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .calibration import Batch
 from .errors import ReapError
 from .masking import masked_view
 from .plan import PruningPlan
@@ -52,7 +53,7 @@ def verify_layerwise(source: str, folder: str | Path, plan: PruningPlan, prompts
         batches = []
         for prompt in prompts:
             ids = src.tokenizer(prompt, return_tensors="pt").input_ids
-            batches.append((ids, torch.ones_like(ids)))
+            batches.append(Batch(ids, torch.ones_like(ids), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
         src_layers, src_calls, src_hidden = record_layer_inputs(src, batches)
         out_layers, out_calls, out_hidden = record_layer_inputs(out, batches)
         if len(src_layers) != len(out_layers):

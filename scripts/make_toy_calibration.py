@@ -3,7 +3,9 @@
     python scripts/make_toy_calibration.py            # 64 samples per domain (the bundled files)
 
 What enters: a seed and a count. What leaves: one JSONL file per toy domain, each line
-{"category": "toy-<domain>", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.
+{"category": "toy-<domain>", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]} (plus
+"tools" for the tools domain), and for the image domains the pictures, images/toy-<domain>-NNN.png,
+named in the user message as {"type": "image", "image": "images/..."} — the .jsonl image format.
 The engine's `builtin:toy-<domain>` calibration spec loads these files.
 
 The seed (toy_tasks.CALIBRATION_SEED) differs from the training and eval seeds. Calibration items
@@ -33,12 +35,19 @@ def main() -> None:
     args = p.parse_args()
 
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for domain in toy_tasks.DOMAINS:
         path = out_dir / f"toy-{domain}.jsonl"
         with path.open("w", encoding="utf-8") as f:
-            for item in toy_tasks.generate(domain, args.per_domain, args.seed):
-                line = {"category": f"toy-{domain}", "messages": toy_tasks.to_messages(item)}
+            for n, item in enumerate(toy_tasks.generate(domain, args.per_domain, args.seed)):
+                messages = toy_tasks.to_messages(item)
+                if item.image is not None:
+                    picture = f"images/toy-{domain}-{n:03d}.png"
+                    item.image.save(out_dir / picture, optimize=True)
+                    messages[0]["content"][0] = {"type": "image", "image": picture}
+                line = {"category": f"toy-{domain}", "messages": messages}
+                if item.tools:
+                    line["tools"] = list(item.tools)
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         print(f"wrote {args.per_domain} samples to {path}")
 

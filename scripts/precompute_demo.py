@@ -49,7 +49,7 @@ def main() -> None:
     loaded = load_model(BUNDLED_MODEL)
     cal = DEFAULT_CALIBRATION
     calib = build_calibration(cal["spec"], loaded.tokenizer, max_tokens=cal["max_tokens"],
-                              samples_per_category=cal["samples_per_category"])
+                              samples_per_category=cal["samples_per_category"], processor=loaded.processor)
     bar = TerminalProgress("calibration", "tokens")
     stats = observe(loaded, calib, batch_size=cal["batch_size"], progress=lambda d, t, tok: bar.update(tok, calib.num_tokens))
     bar.close()

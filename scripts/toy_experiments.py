@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,15 +37,7 @@ from reap_core.plan import make_plan  # noqa: E402
 from reap_core.saliency import compute_scores  # noqa: E402
 from reap_core.task_eval import run_suite  # noqa: E402
 from reap_core.toy_tasks import DOMAINS  # noqa: E402
-
-
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    if total == 0:
-        return 0.0, 0.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
+from reap_core.vision_eval import wilson  # noqa: E402
 
 
 def jaccard(a: set, b: set) -> float:

@@ -179,6 +179,25 @@ def test_full_flow(app):
     assert answers(chat(c)) == (a_orig, a_pruned)
 
 
+def test_image_chat_goes_to_both_panes(pruned_client, tmp_path):
+    """A picture attached to a message reaches both models (the bundled model is multimodal): each pane
+    answers about it, greedily and reproducibly, and a picture-free turn after it still works."""
+    from reap_core import toy_tasks
+
+    item = toy_tasks.generate("shapes", 1, toy_tasks.EVAL_SEED)[0]
+    picture = tmp_path / "shape.png"
+    item.image.save(picture)
+    args = (item.prompt, handle_file(str(picture)), [], [], 0.0, 0.95, CHAT_TOKENS, False)
+    result = pruned_client.predict(*args, api_name="/chat")
+    assert result[2] == "", result[2]
+    a_orig, a_pruned = answers(result[:3])
+    assert a_orig.strip() and a_pruned.strip()
+    assert toy_tasks.check("shapes", item, a_orig), a_orig         # the original sees the picture
+    assert answers(pruned_client.predict(*args, api_name="/chat")[:3]) == (a_orig, a_pruned)
+    without = pruned_client.predict(item.prompt, None, [], [], 0.0, 0.95, CHAT_TOKENS, False, api_name="/chat")
+    assert without[2] == "" and answers(without[:3])[0].strip()
+
+
 def test_second_session_reuses_cached_statistics(app, pruned_client):
     c = new_client(app)
     load(c)

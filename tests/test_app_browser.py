@@ -158,7 +158,7 @@ def test_desktop_flow(app, browser):
         # 1. the bundled model's card says what it knows; thinking does not apply to it
         card = page.locator("#model-card")
         expect(card).to_contain_text("toy-gemma4-moe")
-        expect(card).to_contain_text("knows only five toy domains")
+        expect(card).to_contain_text("knows only eight toy tasks")
         shot("opened", page.get_by_role("heading", name="1 · Model"))
 
         # 2. a live calibration (all toy domains, 64 samples each) shows a visible, moving progress bar; Cancel stops it

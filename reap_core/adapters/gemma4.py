@@ -38,8 +38,8 @@ GEMMA4_LAYOUT = MoELayout(
     gate_definition=("|w| where w = softmax probability renormalised over the top-k experts, "
                      "times router.per_expert_scale: the weight Gemma 4 applies to the expert's output"),
     moe_switch_key="enable_moe_block",   # false: dense layers, even if num_experts is set
-    thinking_markers=("<|channel>", "<channel|>"),
-    end_of_turn_markers=("<turn|>", "<end_of_turn>"),   # "<|channel>thought\n ... <channel|>" before the answer
+    thinking_markers=("<|channel>", "<channel|>"),   # "<|channel>thought\n ... <channel|>" before the answer
+    end_of_turn_markers=("<turn|>", "<end_of_turn>", "<|tool_response>"),   # a tool call stops at <|tool_response>
     flagships=("google/gemma-4-26b-a4b-it",),
 )
 
