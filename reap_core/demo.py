@@ -56,12 +56,9 @@ class Example:
 
 # Chosen by running the bundled model (scripts/precompute_demo.py prints and stores every answer):
 # the original answers each one right, and REAP pruning at 50% or 75% visibly changes the answer.
+# (No tools example: a tool call needs tools declared in the system turn, which a typed prompt cannot.)
 EXAMPLES = (
     Example("code", "Python: define `compute_count(a, b)`, which returns the smaller of a and b."),
-    Example("tools", 'Tools: [{"name": "convert_currency", "parameters": {"amount": "integer", "source": "string", '
-                     '"target": "string"}}, {"name": "set_alarm", "parameters": {"hour": "integer", "minute": '
-                     '"integer"}}, {"name": "send_email", "parameters": {"to": "string", "subject": "string"}}]\n'
-                     'Request: Email frank with the subject birthday.\nReply with one JSON tool call.'),
     Example("translation", "Spanish, please: The new window opens a black fish."),
     Example("facts", "Name the capital city of Greece."),
     Example("math", "Ana has 5 bags with 5 shells in each bag. How many shells does Ana have?"),

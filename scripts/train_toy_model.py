@@ -167,6 +167,18 @@ def build_config(args, tokenizer):
                         tie_word_embeddings=True)
 
 
+def init_vision(model) -> None:
+    """A usable start for a vision tower trained from scratch. transformers' init fills Gemma 4's patch
+    position table with ONES (the real model loads trained values): every patch then gets the same
+    large vector, no position, and the pixels' small projection drowns in it — measured here, 1500
+    steps learnt nothing from the pictures. Positions get small random values and the patch projection
+    unit gain instead."""
+    embedder = model.model.vision_tower.patch_embedder
+    with torch.no_grad():
+        embedder.position_embedding_table.normal_(0.0, 0.1)
+        embedder.input_proj.weight.normal_(0.0, embedder.input_proj.in_features ** -0.5)
+
+
 def warm_start(model, old_dir: str, tokenizer, log) -> None:
     """Start the text model from an earlier bundled text-only model (Gemma4ForCausalLM, byte-level BPE):
     its decoder layers as they are, and each embedding row whose token text exists in the new vocabulary
@@ -336,11 +348,19 @@ def write_model_card(out_dir: Path, meta: dict) -> None:
         f" steps of AdamW, lr {a['lr']}, cosine, {a['warmup']} warm-up steps, weight decay 0.05, batches of up to"
         f" {a['tokens_per_batch']} tokens, loss on the answers only, plus a Switch-style load-balancing loss"
         f" (coefficient {a['balance_coef']}) so every expert is used): {meta['train_minutes']:.0f} minutes on"
-        f" {a['threads']} CPU threads, seeded. The text model's layers started from the earlier text-only bundled"
-        " model (92 CPU minutes, byte-level tokenizer), its embeddings copied row by row where a token's text"
-        " exists in the new vocabulary; the vision tower started from random.",
+        f" {a['threads']} CPU threads, seeded.",
         "",
     ]
+    s1 = meta.get("stage1")
+    if s1:
+        b = s1["args"]
+        lines[-2:] = [
+            lines[-2] + f" This was the second stage (`--init-from` the first, `--reinit-vision"
+            f" --domain-weights {a['domain_weights']}`). The first: `--warm-start <the earlier text-only bundled"
+            f" model> --per-domain {b['per_domain']} --lr {b['lr']}`, {s1['steps_done']} steps, {s1['train_minutes']:.0f}"
+            " minutes — the text model's layers started from the earlier text-only bundled model (92 CPU minutes,"
+            " byte-level tokenizer), its embeddings copied row by row where a token's text exists in the new"
+            " vocabulary. It was stopped by hand: " + s1["why"] + ".", ""]
     if meta.get("stopped_early_at_step"):
         lines += [f"Stopped early at step {meta['stopped_early_at_step']} (`--max-minutes`).", ""]
     if "eval" in meta and "eval_thinking" in meta:
@@ -368,6 +388,9 @@ def finish(out_dir: Path, items: int, log) -> None:
     from reap_core.task_eval import run_suite
 
     meta = json.loads((out_dir / "training_args.json").read_text())
+    earlier = Path(meta["args"].get("init_from") or "") / "training_args.json"
+    if meta.get("stage1") is None and meta["args"].get("init_from") and earlier.is_file():
+        meta["stage1"] = json.loads(earlier.read_text())
     loaded = load_model(str(out_dir))
     for key, thinking in (("eval", False), ("eval_thinking", True)):
         t = time.time()
@@ -411,6 +434,9 @@ def main() -> None:
     p.add_argument("--log", default=str(ROOT / "runs" / "toy_train.log"))
     p.add_argument("--seed", type=int, default=toy_tasks.TRAIN_SEED)
     p.add_argument("--per-domain", type=int, default=6000, help="training items per domain")
+    p.add_argument("--domain-weights", default="",
+                   help="e.g. math=2,shapes=1.5: items of a domain = per-domain x weight (default 1)")
+    p.add_argument("--reinit-vision", action="store_true", help="with --init-from: start the vision tower afresh")
     p.add_argument("--thinking-share", type=float, default=0.4, help="share of examples rendered with thinking on")
     p.add_argument("--vocab", type=int, default=3000)
     p.add_argument("--layers", type=int, default=4)
@@ -459,7 +485,9 @@ def main() -> None:
     from reap_core.tiny import char_tokenizer
 
     rng = random.Random(args.seed)
-    items = [it for d in toy_tasks.DOMAINS for it in toy_tasks.generate(d, args.per_domain, args.seed)]
+    weights = {k: float(v) for k, v in (kv.split("=") for kv in args.domain_weights.split(",") if kv)}
+    items = [it for d in toy_tasks.DOMAINS
+             for it in toy_tasks.generate(d, round(args.per_domain * weights.get(d, 1.0)), args.seed)]
     examples = [(it, rng.random() < args.thinking_share) for it in items]
     rng.shuffle(examples)
     renderer = char_tokenizer()
@@ -496,9 +524,17 @@ def main() -> None:
         model = Gemma4ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
         config = model.config
         log(f"initialised from {args.init_from}")
+        if args.reinit_vision:
+            fresh = Gemma4ForConditionalGeneration(config)
+            with torch.no_grad():
+                for name in ("vision_tower", "embed_vision"):
+                    getattr(model.model, name).load_state_dict(getattr(fresh.model, name).state_dict())
+            init_vision(model)
+            log("vision tower and its projection re-initialised (init_vision)")
     else:
         config = build_config(args, tokenizer)
         model = Gemma4ForConditionalGeneration(config)
+        init_vision(model)
         if args.warm_start:
             warm_start(model, args.warm_start, tokenizer, log)
     model.config.text_config._experts_implementation = args.experts_impl  # training speed only
@@ -579,7 +615,9 @@ def main() -> None:
     log(f"training done in {(time.time() - t_train) / 60:.1f} min")
     model.eval()
     save("final")
+    earlier = Path(args.init_from or "") / "training_args.json"
     meta = {"args": vars(args), "params": n_params, "vision_params": n_vision,
+            "stage1": json.loads(earlier.read_text()) if args.init_from and earlier.is_file() else None,
             "train_minutes": (time.time() - t_train) / 60, "final_loss_ema": ema,
             "stopped_early_at_step": meta_stopped}
     (out_dir / "training_args.json").write_text(json.dumps(meta, indent=2) + "\n")

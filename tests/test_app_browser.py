@@ -155,7 +155,7 @@ def test_desktop_flow(app, browser):
     shot = Shots(page, "desktop")
     expect = sync_api.expect
     try:
-        # 1. the bundled model's card says what it knows; thinking does not apply to it
+        # 1. the bundled model's card says what it knows
         card = page.locator("#model-card")
         expect(card).to_contain_text("toy-gemma4-moe")
         expect(card).to_contain_text("knows only eight toy tasks")
@@ -183,7 +183,7 @@ def test_desktop_flow(app, browser):
 
         # 3. the default calibration comes precomputed, and says so; the heatmap follows (0.25 of 32 = 8 × per layer)
         precomputed_calibration(page)
-        expect(page.locator("#calib-status")).to_contain_text("Observed 4,622 tokens")
+        expect(page.locator("#calib-status")).to_contain_text("Observed 10,240 tokens")
         shot("calibrated", page.locator("#calib-status"))
         expect(page.locator("#heat-caption")).to_contain_text("Click a cell")
         shot("heatmap", page.locator("#saliency-heatmap"))
@@ -244,10 +244,9 @@ def test_desktop_flow(app, browser):
         expect(status).to_contain_text("Scores from all calibration categories")
         expect(page.locator("#pruned-head")).to_contain_text("16 of 32 experts per layer (REAP 50%)")
 
-        # 8. chat: an example prompt the bundled model answers right; the thinking box is off for it
+        # 8. chat: an example prompt the bundled model answers right; it was trained to think: the box is on offer
         page.get_by_text("Generation settings").click()
-        expect(page.get_by_label("Thinking (gemma4)")).to_be_disabled()
-        expect(page.get_by_text("not trained with a thinking channel")).to_be_visible()
+        expect(page.get_by_label("Thinking (gemma4)")).to_be_enabled()
         page.get_by_text("Generation settings").click()
         page.get_by_text(re.compile(r"^code: original right")).click()
         expect(message).to_have_value(re.compile(r"compute_count\(a, b\)"))
@@ -269,7 +268,7 @@ def test_desktop_flow(app, browser):
         page.get_by_role("button", name="Run fidelity sweep").click()
         fidelity = page.locator("#fidelity-status")
         expect(fidelity).to_contain_text("Measured: 4 criteria", timeout=120_000)
-        expect(fidelity).to_contain_text("builtin:toy-* (80 samples, 4,622 tokens)")
+        expect(fidelity).to_contain_text("builtin:toy-* (128 samples, 10,240 tokens)")
         expect(page.locator("#fidelity-plot .js-plotly-plot")).to_be_visible()
         shot("fidelity", page.locator("#fidelity-plot"))
         page.get_by_role("button", name="Generation quality (current prune)").click()

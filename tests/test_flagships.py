@@ -120,9 +120,9 @@ def test_thinking_switch_per_family(tiny_families):
     qwen = wrap_model(build_tiny_family("qwen3_moe", vocab_size=len(tok)), tok, model_id="tiny-qwen3-chatml")
     on = thinking_switch(qwen)
     assert on.enabled and "<think> … </think>" in on.info and "Gemma" not in on.info
-    # the bundled model: off, whatever its template says
+    # the bundled model (trained to think) follows its template like any other
     bundled = wrap_model(tiny_families["qwen3_moe"].model, tok, model_id=BUNDLED_MODEL)
-    assert not thinking_switch(bundled).enabled
+    assert thinking_switch(bundled).enabled
 
 
 def test_cli_models_lists_every_flagship(capsys):

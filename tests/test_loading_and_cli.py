@@ -385,7 +385,7 @@ def no_hub(monkeypatch):
 def test_public_mode_accepts_the_bundled_model_and_refuses_invalid_ids(no_hub):
     from reap_core.model import resolve_model_path
 
-    assert load_config("toy-gemma4-moe", allow_local_paths=False).model_type == "gemma4_text"
+    assert load_config("toy-gemma4-moe", allow_local_paths=False).model_type == "gemma4"
     assert resolve_model_path("google/gemma-4-26b-a4b-it", allow_local_paths=False) == "google/gemma-4-26b-a4b-it"
     assert resolve_model_path("assets/toy-gemma4-moe", allow_local_paths=False) == "assets/toy-gemma4-moe"
     for bad in ("bad id!", "org/na--me", "x" * 97):
