@@ -565,6 +565,7 @@ def main() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+        list_control_tokens(out_dir)
         write_processor_config(out_dir, improc, soft_tokens)
         spell_out_head_dims(out_dir)
         log(f"saved ({tag}) to {out_dir}")
@@ -622,6 +623,17 @@ def main() -> None:
             "stopped_early_at_step": meta_stopped}
     (out_dir / "training_args.json").write_text(json.dumps(meta, indent=2) + "\n")
     log(f"all done in {(time.time() - t0) / 60:.1f} min")
+
+
+def list_control_tokens(out_dir: Path) -> None:
+    """Every control token in tokenizer_config.json's extra_special_tokens (the media ones are named
+    there already), so `all_special_ids` holds them all: llama.cpp's converter marks only those as
+    control tokens, and would otherwise read a typed-looking "<|turn>" as plain text."""
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    named = set(MEDIA_TOKENS.values()) | {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>"}
+    config["extra_special_tokens"] = [t for t in SPECIAL_TOKENS if t not in named]
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def spell_out_head_dims(out_dir: Path) -> None:
