@@ -941,7 +941,7 @@ def build_demo() -> gr.Blocks:
                                          placeholder="…and this one the pruned view, from the same weights")
         with gr.Row():
             prompt = gr.Textbox(label="Message (goes to both)", scale=4, autofocus=False)
-            image = gr.Image(type="pil", label="Image (both panes)", visible=False, scale=1)
+            image = gr.Image(type="pil", label="Image (both panes)", visible=False, scale=1, elem_id="chat-image")
         with gr.Row():
             send_btn = gr.Button("Send", variant="primary", min_width=80)
             stop_btn = gr.Button("Stop", min_width=80)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from reap_core import toy_tasks
+
 CHROMIUM = os.environ.get("REAP_TEST_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set REAP_TEST_CHROMIUM)",
@@ -263,6 +265,25 @@ def test_desktop_flow(app, browser):
         original, pruned = bot_texts(page)
         assert "def compute_count(a, b)" in original and "min(a, b)" in original, original
         shot("chat", page.locator("#chat-original"))
+
+        # 8b. a picture attached to the message goes to both panes, and the original says what it shows
+        item = toy_tasks.generate("position", 1, toy_tasks.EVAL_SEED)[0]
+        picture = SHOTS / "attached-picture.png"
+        item.image.resize((256, 256)).save(picture)
+        page.locator("#chat-image input[type=file]").set_input_files(str(picture))
+        message.fill(item.prompt)
+        page.get_by_role("button", name="Send", exact=True).click()
+        expect(page.locator("[data-testid=user]")).to_have_count(4)
+        seen: list[list[str]] = []
+
+        def settled_on_picture():  # four answers (two per pane), unchanged for three polls in a row
+            seen.append(bot_texts(page))
+            return len(seen[-1]) == 4 and all(seen[-1]) and len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+        wait_until(settled_on_picture, timeout=120, interval=0.7, what="both panes to answer about the picture")
+        texts = bot_texts(page)   # in page order: the original pane's two answers, then the pruned pane's
+        assert toy_tasks.check("position", item, texts[1]), texts
+        shot("image-chat", page.locator("#chat-original"))
 
         # 9. evaluate: every result names what it measured
         page.get_by_role("button", name="Run fidelity sweep").click()
