@@ -84,6 +84,11 @@ def _image_calibration(tmp_path, n: int = 3):
         row["messages"][0]["content"][0]["image"] = "pics/" + src.split("/")[-1]
     with_images = tmp_path / "with.jsonl"
     with_images.write_text("\n".join(json.dumps(r) for r in rows))
+    pictures = [r["messages"][0]["content"][0]["image"] for r in rows]
+    swapped = json.loads(json.dumps(rows))           # the same chats, each with the next one's picture
+    for r, pic in zip(swapped, pictures[1:] + pictures[:1]):
+        r["messages"][0]["content"][0]["image"] = pic
+    (tmp_path / "swapped.jsonl").write_text("\n".join(json.dumps(r) for r in swapped))
     for row in rows:
         row["messages"][0]["content"] = row["messages"][0]["content"][1:]
     text_only = tmp_path / "without.jsonl"
@@ -106,6 +111,11 @@ def test_image_samples_are_observed_like_text(bundled, tmp_path):
     assert not torch.allclose(torch.from_numpy(one_by_one.arrays["gated_norm_sum"]),
                               torch.from_numpy(plain.arrays["gated_norm_sum"]))
     assert calib.fingerprint() != build_calibration(str(text_only), bundled.tokenizer).fingerprint()
+    # the pixels themselves reach the experts: the same tokens with other pictures give other statistics
+    swapped = build_calibration(str(tmp_path / "swapped.jsonl"), bundled.tokenizer, processor=bundled.processor)
+    assert swapped.token_ids == calib.token_ids and swapped.fingerprint() != calib.fingerprint()
+    assert not torch.allclose(torch.from_numpy(observe(bundled, swapped).arrays["gated_norm_sum"]),
+                              torch.from_numpy(one_by_one.arrays["gated_norm_sum"]))
 
 
 @pytest.mark.parametrize("name, message", [
