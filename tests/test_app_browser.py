@@ -301,6 +301,11 @@ def test_desktop_flow(app, browser):
         tasks = page.locator("#tasks-table")
         expect(tasks).to_contain_text("Measured: REAP 50% — 16 of 32 experts kept per layer", timeout=300_000)
         shot("task-accuracy", tasks)
+        page.get_by_text("Does the pruned model still see?").click()       # the measured vision table
+        vision = page.locator("#vision-pruning")
+        expect(vision).to_contain_text("text + images")
+        expect(vision).to_contain_text("Image tasks (95% CI)")
+        shot("vision-under-pruning", vision)
 
         # 10. export: a name without the criterion twice, the tolerance explained
         page.get_by_role("button", name="Export pruned checkpoint").click()
