@@ -159,12 +159,12 @@ def tokenize_samples(samples: list[Sample], tokenizer: Any, max_tokens: int = 51
     if not token_ids:
         raise CalibrationError("every calibration sample tokenized to nothing")
     summary = {c: {"samples": 0, "tokens": 0} for c in categories}
-    for cat, ids in zip(category_ids, token_ids):
-        summary[categories[cat]]["samples"] += 1
-        summary[categories[cat]]["tokens"] += len(ids)
-    for i, inputs in pixels.items():
-        summary[categories[category_ids[i]]]["images"] = (summary[categories[category_ids[i]]].get("images", 0)
-                                                          + len(inputs["pixel_values"]))
+    for i, (cat, ids) in enumerate(zip(category_ids, token_ids)):
+        entry = summary[categories[cat]]
+        entry["samples"] += 1
+        entry["tokens"] += len(ids)
+        if i in pixels:
+            entry["images"] = entry.get("images", 0) + len(pixels[i]["pixel_values"])
     return CalibrationSet(spec=spec, token_ids=token_ids, category_ids=category_ids, categories=categories,
                           truncated=truncated, max_tokens=max_tokens, summary=summary, pixels=pixels)
 

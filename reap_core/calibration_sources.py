@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chat_format import images_in
 from .errors import CalibrationError
 from .model import ASSETS_DIR
 
@@ -46,8 +47,7 @@ class Sample:
     @property
     def images(self) -> list[str]:
         """The picture files of an image chat sample, in order (their parts hold resolved paths)."""
-        return [part["image"] for m in self.messages or () if isinstance(m.get("content"), list)
-                for part in m["content"] if part.get("type") == "image"]
+        return images_in(self.messages or ())
 
 
 # --- limits -----------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ def encode_chat(tokenizer: Any, messages: list[dict], *, tools: list[dict] | Non
     return _encode_defused(tokenizer, messages, kwargs)
 
 
+def images_in(messages: list[dict] | tuple[dict, ...]) -> list:
+    """The image of every {"type": "image", "image": ...} content part, in order (a path or a picture)."""
+    return [part["image"] for m in messages if isinstance(m.get("content"), list)
+            for part in m["content"] if part.get("type") == "image"]
+
+
 def encode_chat_with_images(processor: Any, messages: list[dict], *, add_generation_prompt: bool = False,
                             enable_thinking: bool | None = None) -> dict:
     """Model inputs (ids, mask, pixel values, ...) of a conversation with image parts, through a

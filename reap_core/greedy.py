@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .chat import end_token_ids, reasoning_unfinished, split_reasoning
+from .chat_format import images_in
 
 Progress = Callable[[int, int], None]   # (done, total)
 
@@ -43,16 +44,6 @@ class GreedyAnswer:
         return reasoning_unfinished(self.raw)
 
 
-def has_image(conversation: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"])
-               for m in conversation)
-
-
-def _images(conversation: list[dict]) -> list:
-    return [p["image"] for m in conversation if isinstance(m.get("content"), list)
-            for p in m["content"] if p.get("type") == "image"]
-
-
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8,
                     thinking: bool = False, progress: Progress | None = None, *,
@@ -61,7 +52,7 @@ def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_t
     `tools[i]`: the tools declared to conversation i. Conversations with images (content parts
     {"type": "image", "image": PIL image}) go through `processor`, in batches of their own."""
     tools = tools or [None] * len(conversations)
-    with_image = [has_image(c) for c in conversations]
+    with_image = [bool(images_in(c)) for c in conversations]
     if any(with_image) and processor is None:
         raise ValueError("conversations with images need the model's processor")
     render = lambda i: (processor if with_image[i] else tokenizer).apply_chat_template(  # noqa: E731
@@ -83,7 +74,7 @@ def generate_greedy(model, tokenizer, conversations: list[list[dict]], max_new_t
         for idx in (b for b in batches if b):
             # The template already starts with <bos>: no extra special tokens.
             if with_image[idx[0]]:
-                enc = processor(text=[prompts[i] for i in idx], images=[_images(conversations[i]) for i in idx],
+                enc = processor(text=[prompts[i] for i in idx], images=[images_in(conversations[i]) for i in idx],
                                 return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             else:
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,

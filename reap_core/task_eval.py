@@ -124,7 +124,8 @@ def run_suite(model, tokenizer, suite: str = "toy", items_per_domain: int = 40, 
     """Accuracy per domain of greedy answers on `items_per_domain` held-out items per domain.
 
     `seed` defaults to the suite's (toy: toy_tasks.EVAL_SEED, apart from the training and
-    calibration seeds). `domains`: only these of the suite's; `processor`: for image domains. `progress`, if given, is called with (items done, items total) after each batch.
+    calibration seeds). `domains`: only these of the suite's; `processor`: for image domains.
+    `progress`, if given, is called with (items done, items total) after each batch.
     """
     s = get_suite(suite)
     seed = s.default_seed if seed is None else seed
