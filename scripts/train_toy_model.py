@@ -149,7 +149,8 @@ def build_config(args, tokenizer):
     text = dict(
         vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.dense_width,
         num_hidden_layers=n, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        head_dim=args.head_dim, global_head_dim=args.head_dim, max_position_embeddings=1024,
+        head_dim=args.head_dim, global_head_dim=args.global_head_dim or 2 * args.head_dim,
+        max_position_embeddings=1024,
         sliding_window=args.sliding_window, layer_types=layer_types,
         enable_moe_block=True, num_experts=args.experts, top_k_experts=args.top_k,
         moe_intermediate_size=args.expert_width, hidden_size_per_layer_input=0,
@@ -303,7 +304,7 @@ def write_model_card(out_dir: Path, meta: dict) -> None:
         f"{v['pooling_kernel_size']}: a 64x64 picture is 64 image tokens) and the MoE text model:"
         f" {t['num_hidden_layers']} layers ({', '.join(t['layer_types'])}; sliding window {t['sliding_window']}),"
         f" hidden {t['hidden_size']}, {t['num_attention_heads']} heads / {t['num_key_value_heads']} KV heads of dim"
-        f" {t['head_dim']}, dense MLP width {t['intermediate_size']} beside an MoE block of {t['num_experts']}"
+        f" {t['head_dim']} (sliding) / {t.get('global_head_dim', t['head_dim'])} (full attention), dense MLP width {t['intermediate_size']} beside an MoE block of {t['num_experts']}"
         f" experts (width {t['moe_intermediate_size']}, top-{t['top_k_experts']}) in every layer, vocabulary"
         f" {t['vocab_size']}, tied embeddings. {meta['params'] / 1e6:.2f}M parameters"
         f" ({meta['vision_params'] / 1e6:.2f}M in the vision tower), float32, {size_mb:.1f} MB.",
@@ -444,6 +445,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=48)
+    p.add_argument("--global-head-dim", type=int, default=None,
+                   help="head dim of full-attention layers (default 2 x --head-dim, as the real model: 512 vs 256)")
     p.add_argument("--dense-width", type=int, default=256, help="dense MLP width beside the MoE")
     p.add_argument("--experts", type=int, default=32)
     p.add_argument("--top-k", type=int, default=4)

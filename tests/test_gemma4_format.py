@@ -14,6 +14,8 @@ from reap_core.chat import split_reasoning
 from reap_core.chat_format import encode_chat
 from reap_core.model import BUNDLED_MODEL_DIR
 
+ROOT = BUNDLED_MODEL_DIR.parent.parent
+
 Q = '<|"|>'
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",
@@ -127,7 +129,51 @@ def test_config_has_the_fields_llama_cpp_reads():
     config = json.loads((BUNDLED_MODEL_DIR / "config.json").read_text())
     text = config["text_config"]
     assert config["architectures"] == ["Gemma4ForConditionalGeneration"] and config["vision_config"]
-    assert text["global_head_dim"] == text["head_dim"]
+    # as the real model (512 vs 256); llama.cpp's converter reads it through AutoConfig(...).to_dict(),
+    # which drops a per-layer head dim equal to the default — the converter then fails
+    assert text["global_head_dim"] == 2 * text["head_dim"]
+    from transformers import AutoConfig
+    seen = AutoConfig.from_pretrained(BUNDLED_MODEL_DIR).to_dict()["text_config"]
+    full = [int(i) for i, layer in (seen.get("per_layer_config") or {}).items() if layer.get("head_dim") == 96]
+    assert seen.get("global_head_dim") == 96 or (full and all(seen["layer_types"][i] == "full_attention" for i in full))
     assert text["rope_parameters"]["full_attention"]["rope_type"] == "proportional"
     processor = json.loads((BUNDLED_MODEL_DIR / "processor_config.json").read_text())
     assert processor["processor_class"] == "Gemma4Processor" and "image_processor" in processor
+
+
+def test_widening_full_attention_heads_keeps_the_function():
+    """scripts/widen_global_heads.py's layer surgery on a tiny random Gemma 4: same logits, wider heads."""
+    import importlib.util
+
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+
+    from reap_core.tiny import build_tiny_model
+
+    spec = importlib.util.spec_from_file_location("widen", ROOT / "scripts" / "widen_global_heads.py")
+    widen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(widen)
+    rope = {"full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    model = build_tiny_model("multimodal", seed=3, head_dim=32)
+    model.config.text_config.rope_parameters = rope
+    narrow = Gemma4ForConditionalGeneration(model.config).eval()
+    narrow.load_state_dict(model.state_dict())
+    weights = dict(narrow.state_dict())
+    text = narrow.config.text_config
+    index = widen.dimension_map(32, int(0.25 * 32 // 2))
+    assert sorted(index) == sorted(set(index)) and max(index) < 64
+    for i, kind in enumerate(text.layer_types):
+        if kind == "full_attention":
+            widen.widen_layer(weights, f"model.language_model.layers.{i}.self_attn.", text.num_attention_heads,
+                              text.num_key_value_heads, 32, index)
+    config = narrow.config.to_dict()
+    config["text_config"]["global_head_dim"] = 64
+    config["text_config"].pop("per_layer_config", None)
+    wide = Gemma4ForConditionalGeneration(type(narrow.config).from_dict(config)).eval()
+    assert wide.model.language_model.layers[-1].self_attn.head_dim == 64
+    wide.load_state_dict(weights)
+    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = narrow(input_ids=ids).logits, wide(input_ids=ids).logits
+    assert (a - b).abs().max() < 1e-4 and a.abs().max() > 1e-2
