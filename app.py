@@ -29,19 +29,20 @@ from reap_core.demo import (EXAMPLES, KNOWS, load_pack, pack_for, precomputed_ev
                             precomputed_sweep)
 from reap_core.errors import Cancelled, ReapError
 from reap_core.eval_defaults import defaults_for, is_bundled
-from reap_core.export import describe_verification, export_pruned
+from reap_core.export import describe_verification, export_merged, export_pruned
 from reap_core.fidelity import DEFAULT_CRITERIA, METRICS, FidelityCache, feasible_ratios
 from reap_core.generation_quality import GENERATION_DEFINITIONS, generation_quality
 from reap_core.heldout import build_heldout, calibration_exclusion
 from reap_core.hub import push_folder
+from reap_core.merge_plan import MERGE_LABELS, MERGE_METHODS
 from reap_core.model import BUNDLED_MODEL, GEMMA4_26B
 from reap_core.plan import PruningPlan, make_plan
 from reap_core.progress import ProgressClock, ProgressState
 from reap_core.prune import PLAN_FILE
-from reap_core.saliency import CRITERIA, compute_scores, get_criterion
+from reap_core.saliency import CRITERIA, MERGE_PREFIX, compute_scores, get_criterion
 from reap_core.stats import ExpertStats
-from reap_core.studio import (ModelCache, SessionSignals, StatsCache, calibration_line, compression_table, flagships,
-                              model_card, plan_caption, plan_summary, thinking_switch)
+from reap_core.studio import (MergeCache, ModelCache, SessionSignals, StatsCache, calibration_line, compression_table,
+                              flagships, model_card, plan_caption, plan_summary, thinking_switch)
 from reap_core.task_eval import task_accuracy
 from reap_core.vision_eval import bundled_report_markdown
 from reap_core.viz import category_heatmap, criteria_agreement, fidelity_figure, saliency_caption, saliency_heatmap
@@ -65,7 +66,9 @@ MODEL_CHOICES = ([("Bundled toy Gemma 4 MoE — offline, CPU (toy-gemma4-moe)", 
 # token (e.g. a gated Gemma 4); any other Hub id is read with the visitor's sign-in, or anonymously.
 OWNER_MODELS = {BUNDLED_MODEL, GEMMA4_26B, DEFAULT_MODEL}
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
-MODELS, STATS, FIDELITY, SIGNALS = ModelCache(), StatsCache(), FidelityCache(), SessionSignals()
+MERGE_CHOICES = [(MERGE_LABELS[m], m) for m in MERGE_METHODS]
+SWEEP_CHOICES = CRITERION_CHOICES + [(label, MERGE_PREFIX + m) for label, m in MERGE_CHOICES]
+MODELS, STATS, FIDELITY, SIGNALS, MERGES = ModelCache(), StatsCache(), FidelityCache(), SessionSignals(), MergeCache()
 PACK = load_pack()            # results precomputed for the bundled model's default calibration (reap_core.demo)
 WORK = Workspace(os.environ.get("REAP_STUDIO_WORKDIR") or
                  Path(tempfile.gettempdir()) / f"reap-studio-{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
@@ -102,9 +105,11 @@ class Session:
     this visitor's own. Handlers return a new Session (dataclasses.replace), never mutate one."""
     model_id: str | None = None
     stats: ExpertStats | None = None
-    plan: PruningPlan | None = None
+    plan: PruningPlan | None = None          # what chat, evaluation and export use: `pruned` or `merged`
     evals: dict = field(default_factory=dict)   # "fidelity" | "generation" | "tasks" -> result
     export: ExportRecord | None = None
+    pruned: PruningPlan | None = None        # the last prune (step 4)
+    merged: PruningPlan | None = None        # the last merge: its representatives' plan, the merge in `extra`
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -469,13 +474,85 @@ def on_prune(criterion, ratio, protect, category, session: Session):
         cats = chosen_categories(category)
         plan = make_plan(stats, ratio, criterion, protect_super_experts=protect, categories=cats)
     except ReapError as exc:
-        return fail(exc), session, gr.update()
-    head = (f"**Pruned** — {plan.num_kept} of {plan.num_experts} experts per layer "
+        return fail(exc), session, gr.update(), gr.update()
+    return (pruned_status(plan), use_plan(replace(session, pruned=plan), plan), pane_head(plan),
+            gr.update(value="pruned"))
+
+
+def pane_head(plan: PruningPlan) -> str:
+    what = "Merged" if plan.extra.get("merge") else "Pruned"
+    return (f"**{what}** — {plan.num_kept} of {plan.num_experts} experts per layer "
             f"({get_criterion(plan.criterion).label} {plan.compression_ratio:.0%})")
-    return (pruned_status(plan),
-            # the fidelity sweep depends on the statistics only; quality and accuracy on this plan
-            replace(session, plan=plan, evals={k: v for k, v in session.evals.items() if k == "fidelity"}),
-            head)
+
+
+def use_plan(session: Session, plan: PruningPlan) -> Session:
+    """The session with `plan` as what chat, evaluation and export use; the fidelity sweep depends on the
+    statistics only and stays, generation quality and task accuracy belonged to the previous one."""
+    return replace(session, plan=plan, evals={k: v for k, v in session.evals.items() if k == "fidelity"})
+
+
+def session_view(session: Session):
+    """What the session's plan means for the model: the PruningPlan itself (a masked view), or, for a merge,
+    the merged model (MergeCache: built once, the merged experts kept beside the shared weights)."""
+    plan = session.plan
+    merge = plan.extra.get("merge") if plan is not None else None
+    if not merge:
+        return plan
+    return MERGES.merged(session_model(session), session_stats(session), merge["method"], plan.compression_ratio,
+                         allow_local_files=not MODE.public)
+
+
+def merged_status(plan: PruningPlan, merged) -> str:
+    sizes = [len(m) for row in merged.plan.members for m in row]
+    return ok(f"Merged view active — {plan_summary(plan)}: each merged expert averages a cluster of 1–{max(sizes)} "
+              f"experts{' (neurons aligned first)' if merged.plan.align else ''} and keeps its representative's "
+              f"router row. Memory: the merged experts are a copy beside the original weights, "
+              f"**{merged.nbytes / 2**20:.1f} MB** (built in {merged.seconds:.1f} s). Chat, evaluation and export "
+              f"below use it.")
+
+
+@gpu
+def on_merge(method, ratio, session: Session, request: gr.Request = None):
+    stop = SIGNALS.start(session_id(request), "work")
+    cancelled = stop_check(stop, "merge")
+    try:
+        loaded, stats = session_model(session), session_stats(session)
+        if method not in MERGE_METHODS:
+            raise ReapError(f"choose a merge method: {', '.join(MERGE_METHODS)}")
+        clock = ProgressClock("Merge signals: one more pass of the calibration data", "samples")
+
+        def report(done, total, tokens):
+            cancelled()
+            clock.update(done, total, f"{tokens:,} tokens")
+
+        with Background(lambda: MERGES.merged(loaded, stats, method, float(ratio), progress=report,
+                                              allow_local_files=not MODE.public), clock, stop) as job:
+            for state in job.states():
+                yield progress_html(state), session, gr.update(), gr.update()
+            merged = job.result()
+    except ReapError as exc:
+        yield fail(exc), session, gr.update(), gr.update()
+        return
+    plan = merged.plan.as_pruning_plan()
+    yield (merged_status(plan, merged), use_plan(replace(session, merged=plan), plan), pane_head(plan),
+           gr.update(value="merged"))
+
+
+def on_pick_variant(which: str, session: Session):
+    """The right pane, the evaluations and the export switch between the last prune and the last merge."""
+    plan = session.merged if which == "merged" else session.pruned
+    if plan is None:
+        return (fail(ReapError("merge first (the Merge button above)" if which == "merged" else
+                               "prune first (the Prune button above)")), session, gr.update())
+    if plan is session.plan:
+        return gr.update(), session, gr.update()
+    status = pruned_status(plan)
+    if plan.extra.get("merge"):
+        try:
+            status = merged_status(plan, session_view(replace(session, plan=plan)))
+        except ReapError as exc:
+            return fail(exc), session, gr.update()
+    return status, use_plan(session, plan), pane_head(plan)
 
 
 # --- 5. chat side by side --------------------------------------------------------------------
@@ -521,7 +598,8 @@ def on_chat(message, image, chat_orig, chat_pruned, temperature, top_p, max_new_
     base = [list(chat_orig) + [user], list(chat_pruned) + [user]]
     stop = SIGNALS.start(session_id(request), "chat")   # Stop and Clear set it
     try:
-        for texts in stream_variants(loaded, histories, [None, session.plan], settings, image=image, stop=stop,
+        view = session_view(session)
+        for texts in stream_variants(loaded, histories, [None, view], settings, image=image, stop=stop,
                                      max_prompt_tokens=LIMITS.prompt_tokens):
             if stop.is_set():
                 return
@@ -550,10 +628,13 @@ def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool
         loaded, stats = session_model(session), session_stats(session)
         if not criteria:
             raise ReapError("choose at least one criterion to sweep")
+        merges = [c.removeprefix(MERGE_PREFIX) for c in criteria if c.startswith(MERGE_PREFIX)]
+        criteria = [c for c in criteria if not c.startswith(MERGE_PREFIX)]
         heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
                                 calibration_exclusion(stats, loaded.tokenizer, allow_local_files=not MODE.public))
         ratios = feasible_ratios(loaded.num_experts, loaded.top_k)
-        result = (precomputed_sweep(loaded, stats, heldout, ratios, criteria, PACK) if use_precomputed else None)
+        result = (precomputed_sweep(loaded, stats, heldout, ratios, criteria, PACK)
+                  if use_precomputed and not merges else None)
         source = "precomputed" if result is not None else ""
         if result is None:
             clock = ProgressClock("Fidelity sweep", "forward passes")
@@ -562,8 +643,16 @@ def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool
                 cancelled()
                 clock.update(done, total)
 
-            with Background(lambda: FIDELITY.get_or_run(loaded, stats, heldout, ratios=ratios, criteria=criteria,
-                                                         progress=report), clock, stop) as job:
+            def sweep():
+                signals = None
+                if merges:   # one more pass of the calibration data, once per statistics (MergeCache)
+                    signals = MERGES.signals(loaded, stats, lambda done, total, tokens: (
+                        cancelled(), clock.update(done, total, "merge signals: one more pass of the calibration "
+                                                               "data")), allow_local_files=not MODE.public)
+                return FIDELITY.get_or_run(loaded, stats, heldout, ratios=ratios, criteria=criteria, progress=report,
+                                           merges=merges, signals=signals)
+
+            with Background(sweep, clock, stop) as job:
                 for state in job.states():
                     yield progress_html(state), gr.update(), session
                 result, cached = job.result()
@@ -602,7 +691,8 @@ def on_quality(kind: str, session: Session, use_precomputed: bool, request: gr.R
                 clock.update(done, total)
 
             run = generation_quality if kind == "generation" else task_accuracy
-            with Background(lambda: run(loaded, plan, progress=step), clock, stop) as job:
+            view = session_view(session)
+            with Background(lambda: run(loaded, view, progress=step), clock, stop) as job:
                 for state in job.states():
                     yield progress_html(state), session
                 report = job.result()
@@ -646,11 +736,16 @@ EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))  # local mo
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
 
 
+def plan_slug(plan: PruningPlan) -> str:
+    """The criterion, or the merge method, as it goes into a folder name ('reap', 'ream')."""
+    return plan.criterion.removeprefix(MERGE_PREFIX)
+
+
 def default_export_dir(session: Session) -> Path:
     """exports/<model>-<criterion>-<percent>, or -2, -3, … when that name is taken: never a silent replace."""
     plan = session.plan
     name = Path(session.model_id or "model").name
-    base = EXPORT_ROOT / (f"{name}-{plan.criterion}-{round(plan.compression_ratio * 100)}" if plan else name)
+    base = EXPORT_ROOT / (f"{name}-{plan_slug(plan)}-{round(plan.compression_ratio * 100)}" if plan else name)
     path, n = base, 2
     while path.exists():
         path, n = base.with_name(f"{base.name}-{n}"), n + 1
@@ -665,7 +760,7 @@ def export_target(out_dir: str, replace_earlier: bool, session: Session, sid: st
         if (out_dir or "").strip():
             raise ReapError("server paths are not accepted here: each session exports into its own folder — "
                             "leave the folder empty and download the zip")
-        return WORK.export_dir(sid, session.model_id or "model", plan.criterion, plan.compression_ratio)
+        return WORK.export_dir(sid, session.model_id or "model", plan_slug(plan), plan.compression_ratio)
     if not (out_dir or "").strip():
         return default_export_dir(session)
     path = Path(out_dir.strip())
@@ -692,8 +787,14 @@ def on_export(out_dir: str, session: Session, replace_earlier: bool = False, req
             cancelled()
             clock.fraction(fraction, message)
 
-        with Background(lambda: export_pruned(loaded, plan, stats, target, eval_results=eval_results_for_card(session),
-                                              progress=report), clock, stop) as job:
+        view = session_view(session)
+        if plan.extra.get("merge"):
+            write = lambda: export_merged(loaded, view, stats, target,  # noqa: E731
+                                          eval_results=eval_results_for_card(session), progress=report)
+        else:
+            write = lambda: export_pruned(loaded, plan, stats, target,  # noqa: E731
+                                          eval_results=eval_results_for_card(session), progress=report)
+        with Background(write, clock, stop) as job:
             for state in job.states():
                 yield progress_html(state), session, gr.update()
             result = job.result()
@@ -925,6 +1026,19 @@ def build_demo() -> gr.Blocks:
             protect = gr.Checkbox(False, label="Protect super experts (outlier activations)", scale=1, min_width=160)
         size_table = gr.Markdown(elem_classes="result", elem_id="size-table")
         prune_btn = gr.Button("Prune (masked view — instant)", variant="primary")
+        with gr.Accordion("Prune or merge? Merge the experts instead, at the same ratio", open=False,
+                          elem_id="merge-box"):
+            gr.Markdown("Merging keeps every expert's knowledge in a weighted average of its cluster instead of "
+                        "dropping the lowest-scoring ones (HC-SMoE, M-SMoE, REAM: the REAP paper says pruning wins "
+                        "for generation, REAM says merging does). Same expert count, same checkpoint shape. The "
+                        "merged experts are a copy in memory beside the original weights (their size is shown); "
+                        "the first merge runs the calibration data through the model once more.",
+                        elem_classes="muted")
+            with gr.Row(elem_classes="phone-stack"):
+                merge_method = gr.Dropdown(MERGE_CHOICES, value="ream", label="Merge method", scale=2, min_width=160)
+                merge_btn = gr.Button("Merge", scale=1, min_width=120)
+            variant_pick = gr.Radio([("the pruned model", "pruned"), ("the merged model", "merged")], value="pruned",
+                                    label="Right chat pane, evaluation and export use", elem_id="variant-pick")
         prune_status = gr.Markdown(elem_id="prune-status")
 
         gr.Markdown("## 5 · Chat — original vs pruned, one copy of the weights")
@@ -969,8 +1083,8 @@ def build_demo() -> gr.Blocks:
                     "(masked views: one calibration, no reloads). **Generation quality** and **task accuracy** "
                     "compare the original with the current prune.", elem_classes="muted")
         with gr.Row():
-            sweep_criteria = gr.CheckboxGroup(CRITERION_CHOICES, value=list(DEFAULT_CRITERIA),
-                                              label="Criteria to sweep", scale=3)
+            sweep_criteria = gr.CheckboxGroup(SWEEP_CHOICES, value=list(DEFAULT_CRITERIA),
+                                              label="Criteria (and merge methods) to sweep", scale=3)
             metric = gr.Dropdown([(title, name) for name, (title, _) in METRICS.items()], value="kl",
                                  label="Metric", scale=1, min_width=160)
         with gr.Row():
@@ -1065,8 +1179,12 @@ def build_demo() -> gr.Blocks:
         spec_layer.change(on_category_view, [spec_layer, session], category_plot, show_progress="hidden", **private)
         for control in (crit_a, crit_b, ratio):
             control.change(show_progress="hidden", **compare)
-        prune_btn.click(on_prune, [criterion, ratio, protect, category, session], [prune_status, session, pruned_head],
-                        api_name="prune")
+        prune_btn.click(on_prune, [criterion, ratio, protect, category, session],
+                        [prune_status, session, pruned_head, variant_pick], api_name="prune")
+        merge_btn.click(on_merge, [merge_method, ratio, session], [prune_status, session, pruned_head, variant_pick],
+                        api_name="merge", concurrency_limit=1, concurrency_id="model", **own_progress)
+        variant_pick.input(on_pick_variant, [variant_pick, session], [prune_status, session, pruned_head],
+                           api_name="pick_variant")
         chat_inputs = [prompt, image, chat_orig, chat_pruned, temperature, top_p, max_new, thinking, session]
         chat_outputs = [chat_orig, chat_pruned, chat_status, prompt]
         send = send_btn.click(on_chat, chat_inputs, chat_outputs, api_name="chat",

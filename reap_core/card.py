@@ -60,16 +60,26 @@ def build_recipe(plan: PruningPlan, stats: ExpertStats, *, gate_definition: str,
     protect = bool(plan.protected)
     factor = plan.extra.get("super_expert_factor")
     model = shlex.quote(str(base_model or source))  # spec and names come from users: quoted, never run as code
+    merge = plan.extra.get("merge")
     redo = [f"python -m reap_core calibrate --model {model} --calibration {shlex.quote(str(calib.get('spec', '?')))}"
-            f" --max-tokens {shlex.quote(str(calib.get('max_tokens', '?')))} --out reap_stats.npz",
-            f"python -m reap_core export --model {model} --stats reap_stats.npz"
-            f" --ratio {plan.compression_ratio:g} --criterion {plan.criterion}"
-            + (" --protect-super-experts" if protect else "") + (f" --seed {plan.seed}" if plan.seed else "")
-            + " --out pruned"]
+            f" --max-tokens {shlex.quote(str(calib.get('max_tokens', '?')))} --out reap_stats.npz"]
+    if merge:
+        redo.append(f"python -m reap_core merge --model {model} --stats reap_stats.npz --method {merge['method']}"
+                    f" --ratio {plan.compression_ratio:g}" + ("" if merge["aligned"] else " --no-align") + " --out merged")
+    else:
+        redo.append(f"python -m reap_core export --model {model} --stats reap_stats.npz"
+                    f" --ratio {plan.compression_ratio:g} --criterion {plan.criterion}"
+                    + (" --protect-super-experts" if protect else "") + (f" --seed {plan.seed}" if plan.seed else "")
+                    + " --out pruned")
     return {
-        "method": "REAP expert pruning (Lasby et al., ICLR 2026, arXiv 2510.13999), routed-token statistics",
+        "method": (f"expert merging, {merge['definition']}; clusters from the same routed-token statistics as REAP"
+                   if merge else "REAP expert pruning (Lasby et al., ICLR 2026, arXiv 2510.13999), routed-token "
+                                 "statistics"),
+        **({"merge": merge} if merge else {}),
         "base_model": base_model, "source": source,
-        "criterion": plan.criterion, "criterion_definition": get_criterion(plan.criterion).definition,
+        "criterion": plan.criterion,
+        "criterion_definition": (f"representatives: {merge['router']}" if merge
+                                 else get_criterion(plan.criterion).definition),
         "compression_ratio": plan.compression_ratio,
         "num_experts": plan.num_experts, "num_experts_kept": plan.num_kept, "top_k": plan.top_k,
         "selection": "the floor(E * ratio) lowest-scoring experts of every MoE layer are removed (same count in "
@@ -180,9 +190,16 @@ CARD_TEMPLATE = """---
 
 # {{ repo_name }}
 
+{% if r.merge -%}
+{{ base_link }} with **its {{ r.num_experts }} experts merged into {{ r.num_experts_kept }} in every MoE layer** by
+expert merging ({{ r.merge.method }}: {{ r.merge.definition }}). Each merged expert is a weighted average of a
+cluster of the original experts{% if r.merge.aligned %}, their neurons aligned first{% endif %}; it keeps the
+router row of its cluster's representative. No fine-tuning. It loads in stock transformers and vLLM like the original
+{%- else -%}
 {{ base_link }} with **{{ removed }} of its {{ r.num_experts }} experts removed in every MoE layer** by expert
 pruning with REAP (Router-weighted Expert Activation Pruning). The remaining weights are the original ones,
 unchanged: no fine-tuning, no merging. It loads in stock transformers and vLLM like the original
+{%- endif -%}
 {%- if multimodal %}, vision tower included.{% else %}.{% endif %}
 
 {{ size_table }}
@@ -195,10 +212,21 @@ smaller pool. Sizes are computed from the config (parameters x bytes per paramet
 1. Calibration: {{ c.tokens }} tokens ({{ c.samples }} samples, at most {{ c.max_tokens_per_sample }} tokens each)
    were run through the original model once, recording for each expert the tokens routed to it, its gate and
    the norm of its output.
+{% if r.merge -%}
+2. Clustering: {{ r.merge.definition }}; {{ r.merge.router }}.
+{%- else -%}
 2. Saliency: each expert got the score `{{ r.criterion }}` ({{ r.criterion_definition }}).
+{%- endif %}
+{% if r.merge -%}
+3. Merging: the experts of every layer were grouped into {{ r.num_experts_kept }} clusters; each cluster's
+   weights were averaged into its representative's slot (the clusters and weights of every layer are in
+   `reap_recipe.json` under `merge`); the other experts' router rows and tensors are sliced out, and the expert
+   count in config.json is updated.
+{%- else -%}
 3. Pruning: the lowest-scoring experts of every layer were removed: their router rows and every per-expert
    tensor (weights, and scales or biases where the family has them) are sliced out of the checkpoint, and
    the expert count in config.json is updated.
+{%- endif %}
 4. Verification: {{ check }}
 
 ### Calibration data
@@ -320,8 +348,9 @@ def card_fields(inputs: CardInputs, recipe: dict) -> dict:
     if verification.get("max_abs_diff") is not None:
         tol = (f"{verification['tolerance']:.2e} = {verification['relative_tolerance']:.0e} × the largest |logit|"
                if verification.get("relative_tolerance") is not None else f"{verification['tolerance']:.2e}")
-        check = (f"Reloaded with the Auto classes and compared with the original model with the pruned experts "
-                 f"masked out of the router, on {verification['prompts']} probe prompts: max |Δ logits| = "
+        against = ("the merged model in memory (merged experts, the other experts masked out of the router)"
+                   if recipe.get("merge") else "the original model with the pruned experts masked out of the router")
+        check = (f"Reloaded with the Auto classes and compared with {against}, on {verification['prompts']} probe prompts: max |Δ logits| = "
                  f"{verification['max_abs_diff']:.2e} ({verification['dtype']}, tolerance {tol}).")
     else:
         check = "The export was not verified against the original model (verification was turned off)."
@@ -346,24 +375,25 @@ def model_card(inputs: CardInputs, recipe: dict) -> Any:
 
 def card_eval_results(plan: PruningPlan, fidelity: FidelityResult | None = None,
                       generation: GenerationReport | None = None, tasks: TaskReport | None = None) -> dict:
-    """{task: {"Original": v, "Pruned": v}} plus "_description", for card.CardInputs.eval_results."""
+    """{task: {"Original": v, "Pruned" (or "Merged"): v}} plus "_description", for card.CardInputs.eval_results."""
     rows: dict[str, Any] = {}
     notes = []
+    col = "Merged" if plan.extra.get("merge") else "Pruned"
     if tasks is not None:
         for dom, r in tasks.per_domain.items():
             (oc, ot), (pc, pt) = r["original"], r["pruned"]
             rows[f"{tasks.suite} · {dom} (n={ot})"] = {"Original": f"{oc}/{ot} ({oc / max(ot, 1):.0%})",
-                                                       "Pruned": f"{pc}/{pt} ({pc / max(pt, 1):.0%})"}
+                                                       col: f"{pc}/{pt} ({pc / max(pt, 1):.0%})"}
         rows[f"{tasks.suite} · all (n={tasks.samples})"] = {"Original": f"{tasks.accuracy('original'):.1%}",
-                                                           "Pruned": f"{tasks.accuracy('pruned'):.1%}"}
+                                                           col: f"{tasks.accuracy('pruned'):.1%}"}
         notes.append(f"Task accuracy: greedy answers on the {tasks.suite} suite, {tasks.samples} items"
                      + (", thinking on." if tasks.settings.get("thinking") else "."))
     if fidelity is not None:
         try:
             pt = fidelity.point(plan.criterion, plan.compression_ratio)
-            rows["Next-token KL vs original (nats/token)"] = {"Original": 0.0, "Pruned": pt.kl}
-            rows["Top-1 agreement with original"] = {"Original": 1.0, "Pruned": pt.top1}
-            rows["Perplexity ratio"] = {"Original": 1.0, "Pruned": pt.ppl_ratio}
+            rows["Next-token KL vs original (nats/token)"] = {"Original": 0.0, col: pt.kl}
+            rows["Top-1 agreement with original"] = {"Original": 1.0, col: pt.top1}
+            rows["Perplexity ratio"] = {"Original": 1.0, col: pt.ppl_ratio}
             excluded = fidelity.heldout.get("note") or ""       # which calibration samples were kept out
             notes.append(f"Fidelity: {fidelity.scored_line()}"
                          + (f" {excluded[0].upper()}{excluded[1:]}." if excluded else ""))
@@ -371,11 +401,13 @@ def card_eval_results(plan: PruningPlan, fidelity: FidelityResult | None = None,
             notes.append("Fidelity: the sweep does not contain this plan's criterion and ratio.")
     if generation is not None:
         o, p = generation.overall("original"), generation.overall("pruned")
-        rows[f"Generation: avg words (n={o.n})"] = {"Original": round(o.avg_words, 1), "Pruned": round(p.avg_words, 1)}
-        rows["Generation: loop rate"] = {"Original": f"{o.loop_rate:.0%}", "Pruned": f"{p.loop_rate:.0%}"}
-        rows["Generation: collapse rate"] = {"Original": f"{o.collapse_rate:.0%}", "Pruned": f"{p.collapse_rate:.0%}"}
+        rows[f"Generation: avg words (n={o.n})"] = {"Original": round(o.avg_words, 1), col: round(p.avg_words, 1)}
+        rows["Generation: loop rate"] = {"Original": f"{o.loop_rate:.0%}", col: f"{p.loop_rate:.0%}"}
+        rows["Generation: collapse rate"] = {"Original": f"{o.collapse_rate:.0%}", col: f"{p.collapse_rate:.0%}"}
         notes.append(generation.settings.get("definitions", ""))
-    rows["_description"] = (f"Pruned = {plan.num_pruned} of {plan.num_experts} experts per layer removed by "
-                            f"{plan.criterion} (ratio {plan.compression_ratio:.0%}), evaluated as a masked view. "
-                            + " ".join(n for n in notes if n))
+    what = (f"Merged = {plan.num_experts} experts per layer merged into {plan.num_kept} by {plan.extra['merge']['method']} "
+            f"(ratio {plan.compression_ratio:.0%}), evaluated as the merged model in memory. " if plan.extra.get("merge")
+            else f"Pruned = {plan.num_pruned} of {plan.num_experts} experts per layer removed by {plan.criterion} "
+                 f"(ratio {plan.compression_ratio:.0%}), evaluated as a masked view. ")
+    rows["_description"] = what + " ".join(n for n in notes if n)
     return rows

@@ -31,7 +31,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .chat_format import encode_chat, encode_chat_with_images
 from .errors import ReapError
-from .masking import masked_rows
+from .merging import compressed_rows
 from .model import LoadedModel
 from .plan import PruningPlan
 
@@ -216,7 +216,7 @@ def stream_variants(loaded: LoadedModel, conversations: list[list[dict]], plans:
 
     def worker() -> None:
         try:
-            with torch.inference_mode(), masked_rows(loaded, plans):
+            with torch.inference_mode(), compressed_rows(loaded, plans):
                 loaded.model.generate(**batch, streamer=streamer, **gen_kwargs)
         except BaseException as exc:  # surfaced to the caller below
             errors.append(exc)

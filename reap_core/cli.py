@@ -273,6 +273,11 @@ def cmd_eval(args) -> None:
         if stats is None:
             raise ReapError("--ratio needs --stats (the calibration statistics to prune with)")
         plan = make_plan(stats, args.ratio, args.criterion, seed=args.seed)
+    merges = parse_merge_methods(args.sweep_merges) if args.fidelity and args.sweep_merges else []
+    if args.merge:
+        parse_merge_methods(args.merge)
+        if plan is None:
+            raise ReapError("--merge evaluates the model merged at --ratio: give --stats and --ratio")
     sweep_ratios = sweep_criteria = None
     if args.fidelity:
         sweep_criteria = [c.strip() for c in args.sweep_criteria.split(",")]
@@ -294,6 +299,11 @@ def cmd_eval(args) -> None:
         stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     suite = defaults_for(loaded)["suite"] if args.suite == "auto" else args.suite
     report: dict = {}
+    signals = None
+    if args.merge or merges:
+        signals = _collect_signals(loaded, stats, args.batch_size)
+    if args.merge:
+        plan = _build_merge(loaded, stats, signals, args.merge, args.ratio, align=args.align)
     label = f"pruned {plan.num_pruned}/{plan.num_experts} experts per layer by {plan.criterion}" if plan else "original"
     print(f"{suite} suite, {args.items_per_domain} items per domain, {label}"
           + (", thinking on" if args.thinking else ""))
@@ -312,7 +322,8 @@ def cmd_eval(args) -> None:
     if args.fidelity:
         heldout = build_heldout(defaults_for(loaded)["heldout"], loaded.tokenizer,
                                 calibration_exclusion(stats, loaded.tokenizer))
-        result = run_fidelity_sweep(loaded, stats, heldout, sweep_ratios, sweep_criteria)
+        result = run_fidelity_sweep(loaded, stats, heldout, sweep_ratios, sweep_criteria, merges=merges,
+                                    signals=signals)
         for metric in METRICS:
             print("\n" + result.format_table(metric))
         report["fidelity"] = result.to_dict()
@@ -324,6 +335,78 @@ def cmd_eval(args) -> None:
             raise OutputError(f"--json '{args.json}' could not be written ({exc.strerror or exc}); "
                               f"the results are printed above") from None
         print(f"results written to {args.json}")
+
+
+def parse_merge_methods(text: str) -> list[str]:
+    from .merge_plan import MERGE_METHODS
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in MERGE_METHODS]
+    if unknown or not methods:
+        raise ReapError(f"unknown merge method '{(unknown or [text])[0]}'; choose from {', '.join(MERGE_METHODS)}")
+    return methods
+
+
+def _collect_signals(loaded, stats, batch_size: int):
+    """The merge signals of the statistics' calibration (one more pass of it), with a progress bar."""
+    from .merge_signals import collect_for_stats
+    from .progress import TerminalProgress
+
+    bar = TerminalProgress("merge signals (one pass of the calibration data)", "samples")
+    try:
+        signals = collect_for_stats(loaded, stats, batch_size=batch_size,
+                                    progress=lambda done, total, tokens: bar.update(done, total, f"{tokens:,} tokens"))
+    finally:
+        bar.close()
+    print(f"merge signals: {signals.tokens:,} tokens in {signals.seconds:.1f} s")
+    return signals
+
+
+def _build_merge(loaded, stats, signals, method: str, ratio: float, align: bool | None = None):
+    from .merge_plan import plan_merge
+    from .merging import build_merged
+    from .sizing import human_bytes
+
+    merged = build_merged(loaded, plan_merge(stats, signals, method, ratio, align=align))
+    sizes = [len(m) for row in merged.plan.members for m in row]
+    print(f"{method}: {merged.num_experts} experts merged into {merged.num_kept} per layer (clusters of 1–{max(sizes)}"
+          f"{', neurons aligned' if merged.plan.align else ''}) in {merged.seconds:.1f} s; merged experts in memory: "
+          f"{human_bytes(merged.nbytes)}")
+    return merged
+
+
+def cmd_merge(args) -> None:
+    from .export import describe_verification, export_merged
+    from .model import load_model
+    from .sizing import human_bytes
+    from .stats import ExpertStats
+
+    method = parse_merge_methods(args.method)[0]
+    stats = ExpertStats.load(args.stats)
+    from .plan import check_ratio
+    check_ratio(args.ratio, stats.num_experts, stats.top_k, stats.expert_groups)   # before loading gigabytes
+    if args.out is None:
+        base = EXPORTS / f"{Path(args.model.rstrip('/')).name}-{method}-{round(args.ratio * 100)}"
+        path, n = base, 2
+        while path.exists():
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        args.out = str(path)
+    check_output_dir(args.out, "--out")
+    check_stats_fit_config(stats, args.model, args.trust_remote_code)
+    print(f"loading {args.model} (merged experts are computed from the weights in memory)")
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
+    signals = _collect_signals(loaded, stats, args.batch_size)
+    merged = _build_merge(loaded, stats, signals, method, args.ratio, align=args.align)
+    progress = _progress_bar("export")
+    try:
+        result = export_merged(loaded, merged, stats, args.out, verify=args.verify, repo_id=args.repo,
+                               max_shard_bytes=int(args.max_shard_gb * 1e9), progress=progress)
+    finally:
+        progress.close()
+    check = (describe_verification(result.verification) if result.max_abs_diff is not None
+             else "not verified (--no-verify)")
+    print(f"merged export: {check}")
+    print(f"wrote {len(result.files)} files, {human_bytes(result.bytes)}, in {result.seconds:.1f} s to {result.path}")
 
 
 def default_out(root: Path, model: str, plan) -> Path:
@@ -473,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", action="store_true", help="sweep ratios x criteria: KL, top-1 agreement, PPL ratio")
     p.add_argument("--sweep-ratios", help="comma-separated ratios (default 0 to 0.8 by 0.1, as far as top-k allows)")
     p.add_argument("--sweep-criteria", default="reap,frequency,ean_sum,random")
+    p.add_argument("--sweep-merges", help="with --fidelity: merge methods swept beside the criteria, e.g. "
+                                          "hc-smoe,m-smoe,ream (one more pass of the calibration data)")
+    p.add_argument("--merge", help="with --stats and --ratio: evaluate the model merged by this method "
+                                   "(hc-smoe, m-smoe, ream) instead of pruned")
+    p.add_argument("--no-align", dest="align", action="store_const", const=False, default=None,
+                   help="with --merge: average experts without aligning their neurons first")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="batch size of the merge-signals pass")
     p.add_argument("--generation", action="store_true", help="generation quality: length, loop and collapse rates")
     p.add_argument("--json", help="write all results to this JSON file")
     p.add_argument("--criterion", default="reap", choices=criterion_names())
@@ -497,6 +587,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="Hub repo id the card's usage examples name (default: the folder name)")
     p.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="largest weight shard to write, in GB")
     p.add_argument("--dtype", default="auto", help="dtype to load the model in (verification / --in-memory)")
+
+    p = add("merge", cmd_merge, "merge experts (HC-SMoE, M-SMoE, REAM) with saved statistics and write a complete, "
+                                "verified folder, as export does for a prune")
+    p.add_argument("--stats", required=True, help="statistics file from 'calibrate' (its calibration data is read "
+                                                  "again for the merge signals)")
+    p.add_argument("--method", required=True, help="hc-smoe | m-smoe | ream")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of experts merged away per layer, 0 < R < 1")
+    p.add_argument("--no-align", dest="align", action="store_const", const=False, default=None,
+                   help="average experts without aligning their neurons first (default: aligned for m-smoe and "
+                        "ream, as those methods do; hc-smoe averages as it is)")
+    p.add_argument("--out", help="output folder (default exports/<model>-<method>-<percent>, a new name if taken)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip reloading the export and comparing it with the merged model in memory")
+    p.add_argument("--repo", help="Hub repo id the card's usage examples name (default: the folder name)")
+    p.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="largest weight shard to write, in GB")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--dtype", default="auto")
 
     p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub",
                        description="upload an exported folder to the Hugging Face Hub, with the token saved by "

@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -52,6 +52,9 @@ from .saliency import compute_scores
 from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, Selection, ShardLayout, TensorSource,
                      plan_shards, read_header, write_checkpoint)
 from .stats import ExpertStats
+
+if TYPE_CHECKING:
+    from .merging import MergedModel
 
 Progress = Callable[[float, str], None]
 
@@ -177,13 +180,15 @@ def _check_expert_axes(source: TensorSource, plan: PruningPlan) -> None:
                               f"these statistics / this plan belong to another model")
 
 
-def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def export_state_dict(model: torch.nn.Module, overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The model's tensors under their checkpoint names and in the checkpoint's format (transformers'
     own reversal of what it fused or renamed at load: one tensor per expert for most families), as
-    save_pretrained writes them; tied copies (lm_head = embeddings) left out, as save_pretrained does."""
+    save_pretrained writes them; tied copies (lm_head = embeddings) left out, as save_pretrained does.
+    `overrides`: state_dict name -> tensor to write instead (merged experts)."""
     from transformers.core_model_loading import revert_weight_conversion
 
     state = model.state_dict()
+    state.update(overrides or {})
     tied = getattr(model, "_tied_weights_keys", None) or {}
     for name, target in (tied.items() if isinstance(tied, dict) else []):
         if name in state and target in state and state[name].data_ptr() == state[target].data_ptr():
@@ -259,17 +264,26 @@ class ExportPlan:
     base_model: str | None
     max_shard_bytes: int
     card: CardInputs
+    merged: "MergedModel | None" = None   # a merge: the merged experts written in the representatives' slots
 
 
 def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats, out_dir: str | Path, *,
                 loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
                 eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                progress: Progress | None = None) -> ExportPlan:
+                progress: Progress | None = None, merged: "MergedModel | None" = None) -> ExportPlan:
     """The export of `plan` as an ExportPlan (arguments as in export_pruned). Reads configs and
     safetensors headers, may download the source snapshot or load the model, and writes nothing."""
     report = progress or (lambda fraction, message: None)
     out_dir = check_output_folder(out_dir, PLAN_FILE)  # a bad folder fails now, not after the download
+    if merged is not None:
+        # merged experts are computed from the weights in memory; the rest is the pruned export's path
+        if not isinstance(source, LoadedModel) and loaded is None:
+            raise ExportError("a merged export is written from the model in memory: load the model first")
+        if verify == "layerwise":
+            raise ExportError("layer-by-layer verification compares with the source on disk; a merged export is "
+                              "verified against the merged model in memory instead")
+        streaming = False
     if isinstance(source, LoadedModel):
         loaded = loaded or source
         model_id = source.model_id
@@ -318,7 +332,8 @@ def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats
             else set(read_header(folder / SINGLE_FILE)[0])
         tensors: TensorSource = CheckpointSource(folder, expert_selection(adapter, plan, names))
     else:
-        state = export_state_dict(loaded.model)
+        from .merging import export_overrides
+        state = export_state_dict(loaded.model, export_overrides(loaded, merged) if merged is not None else None)
         tensors = ModelSource(state, expert_selection(adapter, plan, set(state)))
     _check_expert_axes(tensors, plan)
     weight_dtype = next(e.dtype for e in tensors.entries if e.kept is not None or e.source is not None)
@@ -332,7 +347,7 @@ def plan_export(source: str | LoadedModel, plan: PruningPlan, stats: ExpertStats
                                                 getattr(adapter.text_config(config), "attribute_map", None)),
                       weight_dtype=weight_dtype,
                       base_model=base_model or hub_id_of(model_id, folder), max_shard_bytes=max_shard_bytes,
-                      card=card)
+                      card=card, merged=merged)
 
 
 # --- 2. write ---------------------------------------------------------------------------------
@@ -350,7 +365,8 @@ def write_export(export: ExportPlan, folder: Path, progress: Progress | None = N
     (folder / SCORES_FILE).write_text(json.dumps(scores_document(stats, plan), indent=1))
     (folder / PLAN_FILE).write_text(plan.to_json())
     stats.save(folder / STATS_FILE)
-    scores = compute_scores(stats, plan.criterion, categories=list(plan.categories) if plan.categories else None,
+    criterion = "reap" if export.merged is not None else plan.criterion   # a merge's map: REAP scores, representatives kept
+    scores = compute_scores(stats, criterion, categories=list(plan.categories) if plan.categories else None,
                             seed=plan.seed)
     (folder / HEATMAP_FILE).write_bytes(heatmap_png(scores, plan.pruned_mask()))
 
@@ -358,13 +374,14 @@ def write_export(export: ExportPlan, folder: Path, progress: Progress | None = N
 # --- 3. verify --------------------------------------------------------------------------------
 
 def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
-                  prompts: tuple[str, ...] = PROBE_PROMPTS) -> dict:
-    """Reload `folder` with the Auto classes and compare its logits with the masked original.
-    Returns {max_abs_diff, tolerance, dtype, prompts}; ExportError above the tolerance."""
+                  prompts: tuple[str, ...] = PROBE_PROMPTS, merged: "MergedModel | None" = None) -> dict:
+    """Reload `folder` with the Auto classes and compare its logits with the masked original (with
+    `merged`: the merged model in memory). Returns {max_abs_diff, tolerance, dtype, prompts}; ExportError
+    above the tolerance."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    from .masking import masked_view
+    from .merging import compressed_view
 
     try:
         model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=loaded.dtype, output_loading_info=True)
@@ -389,7 +406,7 @@ def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
         with torch.no_grad():
             for prompt in prompts:
                 ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(loaded.input_device)
-                with masked_view(loaded, plan):
+                with compressed_view(loaded, merged if merged is not None else plan):
                     ref = loaded.model(input_ids=ids).logits.float()
                 out = model(input_ids=ids).logits.float()
                 worst = max(worst, (ref - out).abs().max().item())
@@ -400,7 +417,8 @@ def verify_export(folder: Path, loaded: LoadedModel, plan: PruningPlan,
     relative = TOLERANCE.get(loaded.dtype, 2e-2)
     tolerance = relative * scale
     result = {"max_abs_diff": worst, "tolerance": tolerance, "relative_tolerance": relative, "logit_scale": scale,
-              "dtype": str(loaded.dtype).replace("torch.", ""), "prompts": len(prompts)}
+              "dtype": str(loaded.dtype).replace("torch.", ""), "prompts": len(prompts),
+              "against": "the merged model in memory" if merged is not None else "the masked original"}
     if not worst <= tolerance:
         raise ExportError(f"verification failed: the exported model's logits differ from the masked original by "
                           f"up to {worst:.3g} (tolerance {tolerance:.2g} in {result['dtype']}); nothing was written")
@@ -419,7 +437,7 @@ def describe_verification(verification: dict | None) -> str:
                if v.get("logit_scale", 1.0) > 1.0 else f" = {v['relative_tolerance']:.0e} (logits below 1)")
     layers = (f"; layer by layer from disk, largest difference of one layer on the same inputs "
               f"{max(v['layers']):.2e}" if v.get("layers") else "")
-    return (f"max |Δ logits| vs the masked original = {v['max_abs_diff']:.2e}, tolerance {v['tolerance']:.2e}{how}, "
+    return (f"max |Δ logits| vs {v.get('against', 'the masked original')} = {v['max_abs_diff']:.2e}, tolerance {v['tolerance']:.2e}{how}, "
             f"{v.get('dtype', '?')}, {v.get('prompts', '?')} probe prompts{layers}")
 
 
@@ -441,7 +459,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
                   loaded: LoadedModel | None = None, streaming: bool | None = None, verify: bool | None = None,
                   eval_results: dict | None = None, repo_id: str | None = None, base_model: str | None = None,
                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                  progress: Progress | None = None) -> ExportResult:
+                  progress: Progress | None = None, merged: "MergedModel | None" = None) -> ExportResult:
     """Write the pruned model as a complete folder at `out_dir`: plan, write, verify, describe.
 
     source     Hub id / local folder (streaming from its safetensors), or a LoadedModel.
@@ -457,7 +475,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     report = progress or (lambda fraction, message: None)
     export = plan_export(source, plan, stats, out_dir, loaded=loaded, streaming=streaming, verify=verify,
                          eval_results=eval_results, repo_id=repo_id, base_model=base_model,
-                         max_shard_bytes=max_shard_bytes, token=token, progress=report)
+                         max_shard_bytes=max_shard_bytes, token=token, progress=report, merged=merged)
     with atomic_folder(export.out_dir, marker=PLAN_FILE) as tmp:
         write_export(export, tmp, lambda f, m: report(0.8 * f, m))
         verification: dict = {}
@@ -470,7 +488,7 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
                 raise ExportError(str(exc)) from None
         elif export.verify:
             report(0.8, "verifying: reloading the export and comparing logits with the masked original")
-            verification = verify_export(tmp, export.loaded, plan)
+            verification = verify_export(tmp, export.loaded, plan, merged=export.merged)
         report(0.95, "writing the model card and the recipe")
         write_card(export, tmp, verification)
         all_files = sorted(p.name for p in tmp.iterdir())
@@ -479,3 +497,11 @@ def export_pruned(source: str | LoadedModel, plan: PruningPlan, stats: ExpertSta
     return ExportResult(path=export.out_dir, files=all_files, max_abs_diff=verification.get("max_abs_diff"),
                         tolerance=verification.get("tolerance"), seconds=time.perf_counter() - start,
                         bytes=total_bytes, streaming=export.streaming, verification=verification)
+
+
+def export_merged(loaded: LoadedModel, merged: "MergedModel", stats: ExpertStats, out_dir: str | Path,
+                  **options) -> ExportResult:
+    """Write a merged model (reap_core.merging) as a complete folder: the representatives' slots hold the
+    merged experts; the recipe records the method, clusters and weights; verified against the merged
+    model in memory. Options as in export_pruned (written from memory: never streaming)."""
+    return export_pruned(loaded, merged.plan.as_pruning_plan(), stats, out_dir, merged=merged, **options)

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,10 +38,13 @@ import torch.nn.functional as F
 from .errors import InvalidPlan
 from .greedy import Progress
 from .heldout import HeldOut
-from .masking import masked_rows
+from .merging import MergedModel, compressed_rows
+
+if TYPE_CHECKING:
+    from .merge_signals import MergeSignals
 from .model import LoadedModel
 from .plan import PruningPlan, experts_to_prune, make_plan
-from .saliency import get_criterion
+from .saliency import MERGE_PREFIX, get_criterion
 from .stats import ExpertStats
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -101,8 +104,10 @@ class _Sums:
     tokens: int = 0
 
 
-def _plan_key(plan: PruningPlan | None):
-    return None if plan is None else plan.kept
+def _plan_key(plan):
+    if plan is None:
+        return None
+    return ("merged", id(plan)) if isinstance(plan, MergedModel) else plan.kept
 
 
 @torch.inference_mode()
@@ -132,7 +137,7 @@ def measure_fidelity(loaded: LoadedModel, heldout: HeldOut, plans: Sequence[Prun
         ref = None
         for g in range(0, len(variants), per_forward):
             chunk = list(range(g, min(g + per_forward, len(variants))))
-            with masked_rows(loaded, [variants[v] for v in chunk for _ in range(B)]):
+            with compressed_rows(loaded, [variants[v] for v in chunk for _ in range(B)]):
                 out = _log_probs(loaded, ids.repeat(len(chunk), 1), attn.repeat(len(chunk), 1), keep,
                                  score.repeat(len(chunk), 1))                   # [len(chunk) * P, V]
             for v, test in zip(chunk, out.split(P)):
@@ -255,8 +260,11 @@ def feasible_ratios(num_experts: int, top_k: int, ratios: Sequence[float] = DEFA
 
 def run_fidelity_sweep(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut,
                        ratios: Sequence[float] = DEFAULT_RATIOS, criteria: Sequence[str] = DEFAULT_CRITERIA,
-                       seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> FidelityResult:
-    """Every criterion x ratio from ONE calibration, by masked views; ratio 0 is the original."""
+                       seed: int = 0, batch_size: int = 8, progress: Progress | None = None,
+                       merges: Sequence[str] = (), signals: "MergeSignals | None" = None) -> FidelityResult:
+    """Every criterion x ratio from ONE calibration, by masked views; ratio 0 is the original.
+    `merges`: merge methods (merge_plan) swept beside the criteria, as "merge:<method>" curves; they need
+    the calibration's `signals` and build each merged model in memory (merging.build_merged)."""
     stats.check_matches(loaded.moe_layer_indices, loaded.num_experts, loaded.top_k)
     ratios = sorted({round(float(r), 9) for r in ratios})
     if not ratios:
@@ -270,6 +278,14 @@ def run_fidelity_sweep(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut
                           f"{loaded.top_k} experts the router picks; usable up to "
                           f"{(loaded.num_experts - loaded.top_k) / loaded.num_experts:.3f}")
     grid = [(c, r, None if r == 0 else make_plan(stats, r, c, seed=seed)) for c in criteria for r in ratios]
+    if merges:
+        from .merge_plan import plan_merge
+        from .merging import build_merged
+        if signals is None:
+            raise InvalidPlan("merge methods need the calibration's merge signals (merge_signals.collect_merge_signals)")
+        grid += [(MERGE_PREFIX + m, r, None if r == 0 else build_merged(loaded, plan_merge(stats, signals, m, r)))
+                 for m in merges for r in ratios]
+        criteria = list(criteria) + [MERGE_PREFIX + m for m in merges]
     t0 = time.perf_counter()
     metrics, info = measure_fidelity(loaded, heldout, [p for _, _, p in grid], batch_size, progress)
     info["seconds"] = time.perf_counter() - t0
@@ -291,19 +307,20 @@ class FidelityCache:
 
     @staticmethod
     def key(loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut, ratios: Sequence[float],
-            criteria: Sequence[str], seed: int = 0) -> tuple:
+            criteria: Sequence[str], seed: int = 0, merges: Sequence[str] = ()) -> tuple:
         return (loaded.model_id, stats_key(stats), heldout.fingerprint(),
-                tuple(sorted({round(float(r), 9) for r in ratios})), tuple(criteria), seed)
+                tuple(sorted({round(float(r), 9) for r in ratios})), tuple(criteria), seed, tuple(merges))
 
     def get_or_run(self, loaded: LoadedModel, stats: ExpertStats, heldout: HeldOut,
                    ratios: Sequence[float] = DEFAULT_RATIOS, criteria: Sequence[str] = DEFAULT_CRITERIA,
-                   seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> tuple[FidelityResult, bool]:
+                   seed: int = 0, batch_size: int = 8, progress: Progress | None = None,
+                   merges: Sequence[str] = (), signals: "MergeSignals | None" = None) -> tuple[FidelityResult, bool]:
         """(result, came_from_cache)."""
-        key = self.key(loaded, stats, heldout, ratios, criteria, seed)
+        key = self.key(loaded, stats, heldout, ratios, criteria, seed, merges)
         with self._lock:
             if key in self._results:
                 return self._results[key], True
-        result = run_fidelity_sweep(loaded, stats, heldout, ratios, criteria, seed, batch_size, progress)
+        result = run_fidelity_sweep(loaded, stats, heldout, ratios, criteria, seed, batch_size, progress, merges, signals)
         with self._lock:
             while len(self._results) >= self.max_entries:
                 self._results.pop(next(iter(self._results)))

@@ -26,7 +26,7 @@ from . import gemma_bench, toy_tasks
 from .eval_defaults import defaults_for
 from .greedy import GreedyAnswer, Progress, generate_greedy
 from .heldout import HELDOUT_SEED
-from .masking import masked_view
+from .merging import compressed_view
 from .model import LoadedModel
 from .plan import PruningPlan
 
@@ -160,7 +160,7 @@ def generation_quality(loaded: LoadedModel, plan: PruningPlan, prompts: str | li
     answers: dict[str, list[GreedyAnswer]] = {}
     for v, (variant, p) in enumerate((("original", None), ("pruned", plan))):
         step = (lambda done, _t, v=v: progress(v * len(convs) + done, total)) if progress else None
-        with masked_view(loaded, p):
+        with compressed_view(loaded, p):
             answers[variant] = generate_greedy(loaded.model, loaded.tokenizer, convs, max_new_tokens, batch_size,
                                                thinking, step)
     domains = list(dict.fromkeys(dom for dom, _ in prompts))

@@ -82,7 +82,19 @@ def criterion_names() -> list[str]:
     return list(CRITERIA)
 
 
+MERGE_PREFIX = "merge:"   # "merge:<method>" (merge_plan.py) goes wherever a criterion's name does: labels, no scores
+
+
+def _no_scores(stats: ExpertStats, categories: list[str] | None, seed: int) -> np.ndarray:
+    raise InvalidPlan("a merge method forms clusters, not per-expert scores (reap_core.merge_plan)")
+
+
 def get_criterion(name: str) -> Criterion:
+    if name.startswith(MERGE_PREFIX):
+        from .merge_plan import MERGE_LABELS, MERGE_METHODS
+        method = name[len(MERGE_PREFIX):]
+        if method in MERGE_METHODS:
+            return Criterion(name, MERGE_LABELS[method], MERGE_METHODS[method], _no_scores)
     try:
         return CRITERIA[name]
     except KeyError:

@@ -125,6 +125,50 @@ class StatsCache:
         return len(self._stats)
 
 
+class MergeCache:
+    """Merge signals per (model, statistics) and merged models per (model, statistics, method, ratio): the
+    merged experts are a copy beside the shared model (MergedModel.nbytes), so only `max_merged` are kept."""
+
+    def __init__(self, max_merged: int = 4, max_signals: int = 8):
+        self.max_merged, self.max_signals = max_merged, max_signals
+        self._signals: OrderedDict[tuple, Any] = OrderedDict()
+        self._merged: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def signals(self, loaded: LoadedModel, stats: ExpertStats, progress: Callable[[int, int, int], None] | None = None,
+                allow_local_files: bool = True):
+        from .merge_signals import collect_for_stats
+        key = (loaded.model_id, stats.fingerprint())
+        with self._lock:
+            if key in self._signals:
+                self._signals.move_to_end(key)
+                return self._signals[key]
+        signals = collect_for_stats(loaded, stats, progress=progress, allow_local_files=allow_local_files)
+        with self._lock:
+            self._signals[key] = signals
+            while len(self._signals) > self.max_signals:
+                self._signals.popitem(last=False)
+        return signals
+
+    def merged(self, loaded: LoadedModel, stats: ExpertStats, method: str, ratio: float,
+               progress: Callable[[int, int, int], None] | None = None, allow_local_files: bool = True):
+        """The MergedModel of `method` at `ratio` (signals collected first if needed: one calibration pass)."""
+        from .merge_plan import plan_merge
+        from .merging import build_merged
+        key = (loaded.model_id, stats.fingerprint(), method, round(float(ratio), 9))
+        with self._lock:
+            if key in self._merged:
+                self._merged.move_to_end(key)
+                return self._merged[key]
+        signals = self.signals(loaded, stats, progress, allow_local_files)
+        merged = build_merged(loaded, plan_merge(stats, signals, method, ratio))
+        with self._lock:
+            self._merged[key] = merged
+            while len(self._merged) > self.max_merged:
+                self._merged.popitem(last=False)
+        return merged
+
+
 @dataclass(frozen=True)
 class ModelCard:
     rows: list[tuple[str, str]]
@@ -264,6 +308,9 @@ def compression_table(counts: ParamCounts, ratio: float, fmt: str = "BF16") -> s
 
 def plan_summary(plan: PruningPlan) -> str:
     prot = sum(len(p) for p in plan.protected) if plan.protected else 0
+    if plan.extra.get("merge"):
+        return (f"{plan.num_experts} experts merged into {plan.num_kept} in each of {len(plan.kept)} MoE layers by "
+                f"**{get_criterion(plan.criterion).label}** at ratio {plan.compression_ratio:.0%}")
     return (f"{plan.num_pruned} of {plan.num_experts} experts pruned in each of {len(plan.kept)} MoE layers "
             f"by **{get_criterion(plan.criterion).label}** at ratio {plan.compression_ratio:.0%}; {plan.num_kept} kept"
             + (f"; {prot} super experts protected" if prot else ""))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import gemma_bench, toy_tasks
 from .eval_defaults import defaults_for
 from .greedy import Progress, generate_greedy
-from .masking import masked_view
+from .merging import compressed_view
 from .model import LoadedModel
 from .plan import PruningPlan
 
@@ -150,7 +150,7 @@ def suite_accuracy(loaded: LoadedModel, plan: PruningPlan | None = None, suite: 
     """`run_suite` on the masked view of `plan` (None = the original), with the suite and batch
     size that fit the model (eval_defaults) — the one call behind every original-vs-pruned number."""
     d = defaults_for(loaded)
-    with masked_view(loaded, plan):
+    with compressed_view(loaded, plan):
         return run_suite(loaded.model, loaded.tokenizer, d["suite"] if suite == "auto" else suite,
                          items_per_domain=items_per_domain or 40, max_new_tokens=max_new_tokens,
                          batch_size=batch_size or d["batch_size"], progress=progress, thinking=thinking,

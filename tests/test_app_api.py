@@ -65,7 +65,7 @@ def view(client: Client, ratio: float, criterion: str = "reap"):
 
 
 def prune(client: Client, ratio: float, criterion: str = "reap", protect: bool = False) -> str:
-    status, _pruned_pane = client.predict(criterion, ratio, protect, ALL, api_name="/prune")
+    status, *_panes = client.predict(criterion, ratio, protect, ALL, api_name="/prune")
     return status
 
 
@@ -550,3 +550,38 @@ def test_bad_statistics_upload(pruned_client, tmp_path, content):
     status = pruned_client.predict(handle_file(str(bad)), api_name="/upload_stats")
     assert_warning(status, "stats.npz")
     assert_ok(prune(pruned_client, 0.5))
+
+
+# --- issue 16: prune or merge ---------------------------------------------------------------------
+
+def test_merge_in_the_app_chat_evaluate_export(app, tmp_path):
+    c = new_client(app)
+    status, *_ = c.predict("ream", 0.5, api_name="/merge")
+    assert_warning(status, "load a model first")
+    load(c)
+    assert_ok(calibrate(c)[0])
+    assert_warning(c.predict("merged", api_name="/pick_variant")[0], "merge first")
+    assert_ok(prune(c, 0.5))
+    pruned_answers = answers(chat(c))
+    status, head, variant = c.predict("ream", 0.5, api_name="/merge")
+    assert_ok(status)
+    assert "merged into 16" in status and " MB" in status and "**Merged**" in head
+    assert (variant.get("value") if isinstance(variant, dict) else variant) == "merged"
+    merged_answers = answers(chat(c))
+    assert merged_answers[0] == pruned_answers[0]          # the original pane does not change
+    # back to the prune and forth again: the panes follow, the merged model is not rebuilt
+    status, head = c.predict("pruned", api_name="/pick_variant")
+    assert_ok(status) and "**Pruned**" in head
+    assert answers(chat(c)) == pruned_answers
+    status, head = c.predict("merged", api_name="/pick_variant")
+    assert "Merged view active" in status and "**Merged**" in head
+    assert answers(chat(c)) == merged_answers
+    # (task accuracy and generation quality of a merge run live for minutes: tests/test_merging.py covers them)
+    status, plot = c.predict(["reap", "merge:ream"], "kl", 0.5, api_name="/fidelity")
+    assert_ok(status)
+    assert "REAM merge" in status and "REAP" in status
+    status, _ = c.predict(str(tmp_path / "merged"), api_name="/export")
+    assert_ok(status)
+    recipe = json.loads((tmp_path / "merged" / "reap_recipe.json").read_text())
+    assert recipe["merge"]["method"] == "ream" and recipe["num_experts_kept"] == 16
+    assert "merged model in memory" in status

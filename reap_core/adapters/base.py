@@ -62,6 +62,7 @@ class MoELayout:
     # and other names of expert tensors (fused, or renamed by transformers' conversion at load)
     checkpoint_expert_lists: tuple[str, ...] = ()
     checkpoint_expert_aliases: tuple[tuple[str, int], ...] = ()
+    gate_up_interleaved: bool = False     # fused gate_up columns alternate gate, up (gpt-oss) instead of [gate; up]
     thinking_markers: tuple[str, str] | None = None   # (open, close) of the reasoning block in generated text
     end_of_turn_markers: tuple[str, ...] = ()          # text that ends the assistant's turn
     answer_marker: str | None = None      # header the answer follows, where the family has one (gpt-oss)
@@ -269,10 +270,7 @@ class MoEAdapter:
         for everyone else; the gate is what the router hands the experts module (`top_k_weights`)."""
         layers = self.moe_layers(model)
         for _, layer in layers:
-            experts = self.experts(layer)
-            if not getattr(experts, "_reap_dispatch_installed", False):
-                experts.forward = types.MethodType(_dispatching_forward, experts)
-                experts._reap_dispatch_installed = True
+            install_dispatch(self.experts(layer))
         current = dict(_OBSERVERS.get() or {})
         current.update({self.experts(layer): (idx, record) for idx, layer in layers})
         token = _OBSERVERS.set(current)
@@ -301,11 +299,27 @@ _OBSERVERS: ContextVar[dict[nn.Module, tuple[int, Callable[..., None]]] | None] 
     "reap_observers", default=None)
 
 
+# experts module -> a function computing its output instead (merged experts, reap_core.merging); per thread.
+EXPERT_OVERRIDES: ContextVar[dict[nn.Module, Callable[..., torch.Tensor]] | None] = ContextVar(
+    "reap_expert_overrides", default=None)
+
+
+def install_dispatch(experts: nn.Module) -> None:
+    """Replace this experts module's forward, once, by the per-thread dispatcher below."""
+    if not getattr(experts, "_reap_dispatch_installed", False):
+        experts.forward = types.MethodType(_dispatching_forward, experts)
+        experts._reap_dispatch_installed = True
+
+
 def _dispatching_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                          top_k_weights: torch.Tensor) -> torch.Tensor:
     observers = _OBSERVERS.get()
     entry = observers.get(self) if observers else None
-    if entry is None:  # not observed in this thread: the model's own implementation, untouched
+    if entry is None:  # not observed in this thread: an override (merged experts) or the model's own, untouched
+        overrides = EXPERT_OVERRIDES.get()
+        override = overrides.get(self) if overrides else None
+        if override is not None:
+            return override(hidden_states, top_k_index, top_k_weights)
         return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
     layer, record = entry
     kernel = KERNELS[observer_kernel_name(self.down_proj.device, self.down_proj.dtype)]

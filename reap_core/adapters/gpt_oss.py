@@ -25,6 +25,7 @@ GPT_OSS_LAYOUT = MoELayout(
                      "expert's output"),
     checkpoint_expert_aliases=(("mlp.experts.gate_up_proj_blocks", 0), ("mlp.experts.gate_up_proj_scales", 0),
                                ("mlp.experts.down_proj_blocks", 0), ("mlp.experts.down_proj_scales", 0)),
+    gate_up_interleaved=True,   # gate = columns 0, 2, 4 ..., up = 1, 3, 5 ... (transformers' _apply_gate)
     thinking_markers=("<|channel|>analysis<|message|>", "<|end|>"),
     answer_marker="<|channel|>final<|message|>",
     end_of_turn_markers=("<|return|>", "<|call|>"),

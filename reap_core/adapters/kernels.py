@@ -26,6 +26,7 @@ E*T*H buffer); `batched_mm` for long inputs (copies one weight matrix per routed
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -36,6 +37,11 @@ Record = Callable[..., None]
 LOOP_MIN_PAIRS = 64                     # fewer routed pairs than this (decode steps): the grouped kernel
 GROUPED_CHUNK_BYTES = 512 * 2 ** 20     # transient activations per chunk of pairs in the grouped kernel
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+# Expert-merging signals (reap_core.merge_signals) need each routed expert's whole output f_j(x), not
+# only its norm: while a sink is set in this thread, observing kernels hand it
+# (layer, expert_ids [n], token_index [n], f [n, H]) for every group of pairs they compute.
+OUTPUT_SINK: ContextVar[Callable[..., None] | None] = ContextVar("reap_output_sink", default=None)
 
 
 def _weights(experts: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -87,6 +93,7 @@ def loop_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_
     if record is not None:
         norms = hidden_states.new_empty(expert_ids.shape, dtype=torch.float32)
         absmax = torch.empty_like(norms)
+    sink = OUTPUT_SINK.get() if record is not None else None
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
@@ -97,6 +104,8 @@ def loop_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_
         f = _finish(experts, F.linear(h, down[e], None if down_bias is None else down_bias[e]))   # [n, H] = f_e(x)
         if record is not None:
             norms[start:end], absmax[start:end] = _reductions(f)
+        if sink is not None:
+            sink(layer, expert_ids[start:end], tokens, f)
         combined.index_add_(0, tokens, f * gates[start:end, None].to(f.dtype))
         start = end
     if record is not None:
@@ -126,6 +135,7 @@ def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top
     if record is not None:
         norms = torch.empty(S, dtype=torch.float32, device=hidden_states.device)
         absmax = torch.empty_like(norms)
+    sink = OUTPUT_SINK.get() if record is not None else None
     for a in range(0, S, chunk):
         b = min(a + chunk, S)
         offs = (ends.clamp(a, b) - a).to(torch.int32)
@@ -139,6 +149,8 @@ def grouped_experts_forward(experts: nn.Module, hidden_states: torch.Tensor, top
         f = _finish(experts, f)
         if record is not None:
             norms[a:b], absmax[a:b] = _reductions(f)
+        if sink is not None:
+            sink(layer, e, token_index[a:b], f)
         weighted[perm[a:b]] = (f * gates[a:b, None]).float()     # bf16 gates (Qwen3) or float32 (Gemma 4)
     if record is not None:
         record(layer, expert_ids, token_index, gates, norms, absmax)
