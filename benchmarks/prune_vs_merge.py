@@ -50,7 +50,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20, help="items per task (8 tasks)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prune_vs_merge.json"))
+    ap.add_argument("--markdown", help="print the tables of an earlier results file and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     loaded = load_model(args.model)
@@ -113,19 +117,22 @@ def main() -> None:
 def markdown(report: dict) -> str:
     rows = report["rows"]
     domains = list(rows[0]["per_domain"])
-    head = "| variant | " + " | ".join(domains) + " | all (95% CI) | KL | top-1 | loops | collapse | cost |"
+    n = rows[0]["per_domain"][domains[0]]["total"]
+    head = ("| variant | " + " | ".join(f"{d} /{n}" for d in domains)
+            + f" | all /{rows[0]['total']} | KL | top-1 | loops | collapse | cost |")
     lines = [head, "|---|" + "---:|" * (len(domains) + 6)]
     for r in rows:
-        cells = [f"{v['correct']}/{v['total']}" for v in r["per_domain"].values()]
+        cells = [f"{v['correct']} ({v['ci95'][0]:.0%}–{v['ci95'][1]:.0%})".replace("%–", "–")
+                 for v in r["per_domain"].values()]
         lo, hi = r["ci95"]
         cost = ("–" if r["variant"] == "original" else
                 f"{r['seconds']:.2f} s" + (f", +{r['extra_bytes'] / 2**20:.1f} MB" if r["extra_bytes"] else ""))
         loops = "–" if r["loop_rate"] is None else f"{r['loop_rate']:.0%}"
         collapse = "–" if r["collapse_rate"] is None else f"{r['collapse_rate']:.0%}"
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {r['correct'] / r['total']:.0%} "
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | **{r['correct'] / r['total']:.0%}** "
                      f"({lo:.0%}–{hi:.0%}) | {r['kl']:.3f} | {r['top1']:.3f} | {loops} | {collapse} | {cost} |")
     c = report["calibration"]
-    lines.append(f"\n{report['items_per_task']} items per task; calibration {c['samples']} samples, {c['tokens']} "
+    lines.append(f"\nCorrect answers per task (95% Wilson interval); {report['items_per_task']} items per task; calibration {c['samples']} samples, {c['tokens']} "
                  f"tokens (REAP statistics {c['reap_stats_seconds']:.1f} s; merge signals, one more pass, "
                  f"{c['merge_signals_seconds']:.1f} s); {report['machine']}; {report['seconds'] / 60:.1f} min in all.")
     return "\n".join(lines)

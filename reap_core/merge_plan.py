@@ -33,17 +33,9 @@ import numpy as np
 from .errors import InvalidPlan
 from .merge_signals import MergeSignals
 from .plan import PruningPlan, check_ratio
-from .saliency import compute_scores
+from .saliency import MERGE_LABELS, MERGE_METHODS, compute_scores  # noqa: F401 (re-exported)
 from .stats import ExpertStats
 
-MERGE_METHODS = {
-    "hc-smoe": "HC-SMoE: hierarchical clustering of average expert outputs, frequency-weighted average",
-    "m-smoe": "M-SMoE-style: most-used experts dominant, others by router-logit correlation, aligned, "
-              "frequency-weighted",
-    "ream": "REAM-style: REAP picks the centres, others join the most similar centre, aligned, "
-            "saliency-weighted",
-}
-MERGE_LABELS = {"hc-smoe": "HC-SMoE merge", "m-smoe": "M-SMoE merge", "ream": "REAM merge"}
 ALIGNED_BY_DEFAULT = {"hc-smoe": False, "m-smoe": True, "ream": True}
 
 

