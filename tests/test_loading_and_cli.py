@@ -87,6 +87,33 @@ def test_cli_calibrate_then_prune(tiny_dir, calib_file, tmp_path):
     assert doc["criterion"] == "frequency" and len(doc["layers"][0]["kept"]) == 12
 
 
+def test_cli_merge_and_eval_merge(tiny_dir, calib_file, tmp_path, capsys):
+    """merge writes a verified folder recording its clusters; eval --merge needs a ratio; a bad method is
+    refused before the model is read (the sweep with merges: tests/test_merging.py)."""
+    from reap_core.cli import main
+
+    def run(*args):
+        status = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    stats = tmp_path / "stats.npz"
+    assert run("calibrate", "--model", tiny_dir, "--calibration", calib_file, "--out", stats,
+                    "--max-tokens", "64")[0] == 0
+    status, out, err = run("merge", "--model", tiny_dir, "--stats", stats, "--method", "hc-smoe",
+                                "--ratio", "0.5", "--out", tmp_path / "merged")
+    assert status == 0, err
+    assert "merged into 8 per layer" in out and "merged model in memory" in out
+    recipe = json.loads((tmp_path / "merged" / "reap_recipe.json").read_text())
+    assert recipe["merge"]["method"] == "hc-smoe" and json.loads(
+        (tmp_path / "merged" / "config.json").read_text())["num_experts"] == 8
+    status, out, err = run("eval", "--model", tiny_dir, "--stats", stats, "--merge", "ream")
+    assert status == 2 and "--merge evaluates the model merged at --ratio" in err
+    status, out, err = run("merge", "--model", tiny_dir, "--stats", stats, "--method", "avg",
+                                "--ratio", "0.5")
+    assert status == 2 and "unknown merge method 'avg'" in err
+
+
 def test_cli_info_columns_align(capsys, monkeypatch):
     from transformers import PretrainedConfig
 

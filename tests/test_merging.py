@@ -257,3 +257,21 @@ def test_reports_take_a_merged_model(gemma, calib):
     assert [s["pruned"] for s in report.samples] != [s["original"] for s in report.samples]
     rows = card_eval_results(merged.plan.as_pruning_plan(), generation=report)
     assert "Merged" in rows["Generation: loop rate"] and rows["_description"].startswith("Merged = 16 experts")
+
+
+def test_fidelity_sweep_takes_merge_methods(gemma, tokenizer):
+    from reap_core.fidelity import measure_fidelity, run_fidelity_sweep
+    from reap_core.heldout import build_heldout
+    loaded, stats, signals = gemma
+    heldout = build_heldout("toy", tokenizer, max_tokens=48)
+    result = run_fidelity_sweep(loaded, stats, heldout, ratios=[0, 0.5], criteria=["reap"], merges=["ream"],
+                                signals=signals)
+    assert result.criteria == ["reap", "merge:ream"]
+    merged_point, reap_point = result.point("merge:ream", 0.5), result.point("reap", 0.5)
+    assert result.point("merge:ream", 0).kl == 0 and merged_point.experts_kept == 8
+    # the same merge measured on its own gives the same numbers; and it is not the prune's
+    alone, _ = measure_fidelity(loaded, heldout, [build_merged(loaded, plan_merge(stats, signals, "ream", 0.5))])
+    assert abs(alone[0]["kl"] - merged_point.kl) < 1e-6 and abs(merged_point.kl - reap_point.kl) > 1e-6
+    assert "REAM merge" in result.format_table("kl")
+    with pytest.raises(InvalidPlan, match="merge signals"):
+        run_fidelity_sweep(loaded, stats, heldout, ratios=[0.5], criteria=["reap"], merges=["ream"])
