@@ -223,6 +223,11 @@ def on_load_model(model_id: str, session: Session, request: gr.Request, oauth_to
         loaded = MODELS.get(model_id, token=model_token(model_id, oauth_token), allow_local_paths=not MODE.public)
         progress(0.9, desc="Counting parameters …")
         card = model_card(loaded, *MODELS.counts(loaded)).markdown()
+        why = MODELS.layer_by_layer(loaded)
+        if why:
+            card += (f"\n\n**Layer by layer** — {why}: the decoder layers stay on disk. Calibration brings one "
+                     f"layer at a time onto the device (same statistics as one pass); chat and evaluation read the "
+                     f"layers from disk as they go, so they are slow.")
     except ReapError as exc:  # keep the model, statistics and prune already there — and say so
         return still_loaded(exc, session), session, gr.update(), gr.update()
     session = Session(model_id=model_id)
@@ -293,14 +298,22 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Ses
         stats = precomputed_stats(loaded, calib.fingerprint(), PACK) if use_precomputed else None
         source = "precomputed" if stats is not None else ""
         if stats is None:
-            clock = ProgressClock("Calibration", "tokens")
+            layered = MODELS.layer_by_layer(loaded) is not None
+            clock = ProgressClock("Calibration, layer by layer" if layered else "Calibration",
+                                  "layer-batches" if layered else "tokens")
             clock.update(0, calib.num_tokens)
 
             def report(done, total, tokens):
                 cancelled()
                 clock.update(tokens, calib.num_tokens, f"sample {done} of {total}")
 
-            with Background(lambda: STATS.get_or_observe(loaded, calib, batch_size=4, progress=report),
+            def layer_report(layer, layers, batch, batches):
+                cancelled()
+                clock.update(layer * batches + batch, layers * batches,
+                             f"layer {layer + 1} of {layers}, batch {batch} of {batches}")
+
+            with Background(lambda: STATS.get_or_observe(loaded, calib, batch_size=4, progress=report,
+                                                         layer_progress=layer_report, layer_by_layer=layered),
                             clock, stop) as job:
                 for state in job.states():
                     yield progress_html(state), session, gr.update()

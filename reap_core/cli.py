@@ -178,36 +178,18 @@ def cmd_calibrate(args) -> None:
 
 def _too_big(args, device: str) -> bool:
     """True (with a notice) when the model's weights would not fit the device: calibrate layer by layer."""
-    import torch
+    from .sequential import weights_fit
 
-    from .model import load_config, pick_device_and_dtype
-    from .sizing import count_params
-
-    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
-    device, dtype = pick_device_and_dtype(args.dtype, device)
-    need = count_params(config).total * (torch.finfo(dtype).bits // 8)
-    if device.startswith("cuda"):
-        devices = range(torch.cuda.device_count()) if device == "cuda" else [torch.device(device)]
-        free = sum(torch.cuda.mem_get_info(d)[0] for d in devices)
-    else:
-        free = available_host_memory()
-    if need <= 0.85 * free:
-        return False
-    print(f"notice: the weights need about {need / 1e9:.1f} GB and {device} has {free / 1e9:.1f} GB free: calibrating "
-          f"layer by layer (--sequential), one decoder layer on the device at a time; the statistics are the same")
-    return True
+    fits, notice = weights_fit(args.model, args.dtype, device, args.trust_remote_code, available_host_memory)
+    if not fits:
+        print(f"notice: {notice}: calibrating layer by layer (--sequential), one decoder layer on the device at a "
+              f"time; the statistics are the same")
+    return not fits
 
 
 def available_host_memory() -> int:
-    """Bytes the kernel says a new allocation can get (MemAvailable: free + reclaimable page cache)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    from .sequential import available_host_memory as available
+    return available()
 
 
 def cmd_merge_stats(args) -> None:

@@ -61,14 +61,48 @@ class _Recorder(nn.Module):
         return hidden_states
 
 
+def available_host_memory() -> int:
+    """Bytes the kernel says a new allocation can get (MemAvailable: free + reclaimable page cache)."""
+    import os
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def weights_fit(model_id: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                host_memory: Callable[[], int] = available_host_memory, token: str | bool | None = None,
+                allow_local_paths: bool = True) -> tuple[bool, str]:
+    """(whether the weights fit the device with room to work — 85% of its free memory —, and a sentence
+    saying how much they need and how much is free), from the config alone."""
+    from .model import load_config, pick_device_and_dtype
+    from .sizing import count_params
+
+    config = load_config(model_id, trust_remote_code=trust_remote_code, token=token, allow_local_paths=allow_local_paths)
+    device, torch_dtype = pick_device_and_dtype(dtype, device)
+    need = count_params(config).total * (torch.finfo(torch_dtype).bits // 8)
+    if device.startswith("cuda"):
+        devices = range(torch.cuda.device_count()) if device == "cuda" else [torch.device(device)]
+        free = sum(torch.cuda.mem_get_info(d)[0] for d in devices)
+    else:
+        free = host_memory()
+    return need <= 0.85 * free, (f"the weights need about {need / 1e9:.1f} GB and {device} has {free / 1e9:.1f} GB "
+                                 f"free")
+
+
 def load_offloaded(model_id: str, dtype: str = "auto", device: str = "auto", offload_folder: str | Path | None = None,
-                   trust_remote_code: bool = False, token: str | None = None) -> tuple[LoadedModel, Path]:
+                   trust_remote_code: bool = False, token: str | None = None,
+                   allow_local_paths: bool = True) -> tuple[LoadedModel, Path]:
     """The model with every decoder layer on disk and the rest on `device` (model.load_model). Returns
     the LoadedModel and the temporary offload folder made under `offload_folder` (the caller removes it)."""
     folder = Path(tempfile.mkdtemp(prefix="reap-offload-", dir=offload_folder))
     try:
         loaded = load_model(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code, token=token,
-                            offload_layers_to=folder)
+                            offload_layers_to=folder, allow_local_paths=allow_local_paths)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

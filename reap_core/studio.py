@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from .demo import KNOWS
 from .eval_defaults import is_bundled
 from .model import ASSETS_DIR, LoadedModel, load_model
 from .observer import observe
+from .sequential import load_offloaded, observe_sequential, weights_fit
 from .plan import PruningPlan
 from .saliency import get_criterion
 from .sizing import (ParamCounts, checkpoint_format, count_params, human_bytes, human_count, size_at,
@@ -37,13 +40,18 @@ class ModelCache:
         self.max_models = max_models
         self._models: dict[str, LoadedModel] = {}
         self._counts: dict[str, tuple[ParamCounts, str]] = {}
+        self._offloaded: dict[int, tuple[Path, str]] = {}   # id(loaded) -> (offload folder, why)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
     def get(self, model_id: str, dtype: str = "auto", token: str | bool | None = None,
             trust_remote_code: bool = False, allow_local_paths: bool = True) -> LoadedModel:
         """`token`: None = the saved token, False = none at all, a string = that visitor's token. A model
-        read with a visitor's token is cached under that token, so no other visitor gets it from here."""
+        read with a visitor's token is cached under that token, so no other visitor gets it from here.
+
+        A model whose weights do not fit the device (sequential.weights_fit; REAP_STUDIO_LAYER_BY_LAYER=1
+        forces it, =0 never) is loaded with its decoder layers on disk: calibration then runs layer by
+        layer (`layer_by_layer(loaded)` says so), chat and evaluation read the layers as they go."""
         who = hashlib.sha256(token.encode()).hexdigest()[:16] if isinstance(token, str) else str(token)
         key = f"{model_id}|{dtype}|{who}"
         with self._lock:
@@ -51,13 +59,32 @@ class ModelCache:
         with key_lock:
             if key in self._models:
                 return self._models[key]
-            loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code,
-                                allow_local_paths=allow_local_paths)
+            forced = os.environ.get("REAP_STUDIO_LAYER_BY_LAYER", "").strip()
+            fits, notice = (forced != "1", "layer by layer forced (REAP_STUDIO_LAYER_BY_LAYER=1)") if forced in ("0", "1") \
+                else weights_fit(model_id, dtype, token=token, trust_remote_code=trust_remote_code,
+                                 allow_local_paths=allow_local_paths)
+            folder = None
+            if fits:
+                loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code,
+                                    allow_local_paths=allow_local_paths)
+            else:
+                loaded, folder = load_offloaded(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code,
+                                                allow_local_paths=allow_local_paths)
             with self._lock:
                 while len(self._models) >= self.max_models:  # big models: keep one in memory
-                    self._models.pop(next(iter(self._models)))
+                    old = self._models.pop(next(iter(self._models)))
+                    gone = self._offloaded.pop(id(old), None)
+                    if gone is not None:
+                        shutil.rmtree(gone[0], ignore_errors=True)
                 self._models[key] = loaded
+                if folder is not None:
+                    self._offloaded[id(loaded)] = (folder, notice)
             return loaded
+
+    def layer_by_layer(self, loaded: LoadedModel) -> str | None:
+        """Why this model's layers stay on disk (it is calibrated layer by layer), or None."""
+        entry = self._offloaded.get(id(loaded))
+        return entry[1] if entry else None
 
     def counts(self, loaded: LoadedModel) -> tuple[ParamCounts, str]:
         """(parameter counts, checkpoint format) — counted once per model."""
@@ -107,14 +134,20 @@ class StatsCache:
         self._lock = threading.Lock()
 
     def get_or_observe(self, loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
-                       progress: Callable[[int, int, int], None] | None = None) -> tuple[ExpertStats, bool]:
-        """(statistics, came_from_cache)."""
+                       progress: Callable[[int, int, int], None] | None = None,
+                       layer_progress: Callable[[int, int, int, int], None] | None = None,
+                       layer_by_layer: bool = False) -> tuple[ExpertStats, bool]:
+        """(statistics, came_from_cache). `layer_by_layer`: sequential.observe_sequential (the same numbers;
+        progress per layer and batch through `layer_progress`)."""
         key = (loaded.model_id, calib.fingerprint())
         with self._lock:
             if key in self._stats:
                 self._stats.move_to_end(key)
                 return self._stats[key], True
-        stats = observe(loaded, calib, batch_size=batch_size, progress=progress)
+        if layer_by_layer:
+            stats = observe_sequential(loaded, calib, batch_size=batch_size, progress=layer_progress)
+        else:
+            stats = observe(loaded, calib, batch_size=batch_size, progress=progress)
         with self._lock:
             self._stats[key] = stats
             while len(self._stats) > self.max_entries:

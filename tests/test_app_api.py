@@ -585,3 +585,39 @@ def test_merge_in_the_app_chat_evaluate_export(app, tmp_path):
     recipe = json.loads((tmp_path / "merged" / "reap_recipe.json").read_text())
     assert recipe["merge"]["method"] == "ream" and recipe["num_experts_kept"] == 16
     assert "merged model in memory" in status
+
+
+# --- issue 14: a model larger than the machine, in the app ------------------------------------------
+
+def test_app_calibrates_layer_by_layer_when_the_model_does_not_fit(tmp_path_factory):
+    """REAP_STUDIO_LAYER_BY_LAYER=1 stands for 'the weights do not fit': the card says so, calibration
+    runs one decoder layer at a time, and its statistics are the one-pass statistics the demo pack stored."""
+    import numpy as np
+
+    from reap_core.calibration import TOY_PREFIX
+    from reap_core.calibration_sources import builtin_categories
+    from reap_core.demo import DEFAULT_CALIBRATION, STATS_FILE
+    from reap_core.stats import ExpertStats
+
+    env = {"HF_HOME": str(tmp_path_factory.mktemp("hf-home-layered")),
+           "REAP_STUDIO_WORKDIR": str(tmp_path_factory.mktemp("app-work-layered")),
+           "REAP_STUDIO_LAYER_BY_LAYER": "1"}
+    with running_app(timeout=120, env=env, cwd=tmp_path_factory.mktemp("app-cwd-layered")) as a:
+        c = new_client(a)
+        card = load(c)
+        assert "Layer by layer" in card and "decoder layers stay on disk" in card
+        toy = [cat for cat in builtin_categories() if cat.startswith(TOY_PREFIX)]   # the default calibration
+        status, stats_file = c.predict(toy, DEFAULT_CALIBRATION["samples_per_category"], "", None,
+                                       DEFAULT_CALIBRATION["max_tokens"], False, api_name="/calibrate")
+        assert_ok(status)
+        path = stats_file.get("value") if isinstance(stats_file, dict) else stats_file
+        layered = ExpertStats.load(path)
+        assert layered.calibration["sequential"]["layers"] == 4
+        one_pass = ExpertStats.load(STATS_FILE)     # the default calibration, observed in one pass
+        assert layered.fingerprint() == one_pass.fingerprint()
+        for name in ("count", "gate_sum", "gated_norm_sum", "norm_max"):
+            a_, b_ = layered.arrays[name], one_pass.arrays[name]
+            assert np.array_equal(a_, b_) if name == "count" else np.allclose(a_, b_, rtol=1e-5, atol=1e-7), name
+        assert_ok(prune(c, 0.5))
+        orig, pruned, chat_status = chat(c, max_new_tokens=16)   # the layers come from disk at every step
+        assert chat_status == "" and answers((orig, pruned, chat_status))[0].strip()

@@ -145,7 +145,9 @@ class MoEAdapter:
     def prepare(self, model: nn.Module) -> None:
         """Called once after loading: on CPU the per-expert loop is faster than torch's grouped_mm for
         prompts and calibration (benchmarks/observer_overhead.py); on GPUs transformers' default stays."""
-        if next(model.parameters()).device.type == "cpu":
+        # layers offloaded to disk sit on the meta device: the first real parameter says where the model computes
+        real = next((p for p in model.parameters() if p.device.type != "meta"), None)
+        if real is not None and real.device.type == "cpu":
             model.set_experts_implementation(SORTED_IMPLEMENTATION)
 
     # --- modules ------------------------------------------------------------------------
@@ -307,7 +309,13 @@ EXPERT_OVERRIDES: ContextVar[dict[nn.Module, Callable[..., torch.Tensor]] | None
 def install_dispatch(experts: nn.Module) -> None:
     """Replace this experts module's forward, once, by the per-thread dispatcher below."""
     if not getattr(experts, "_reap_dispatch_installed", False):
-        experts.forward = types.MethodType(_dispatching_forward, experts)
+        dispatcher = types.MethodType(_dispatching_forward, experts)
+        if "_old_forward" in experts.__dict__ and hasattr(experts, "_hf_hook"):
+            # an accelerate hook (layers offloaded to disk) wraps the forward: it brings the weights in, then
+            # calls _old_forward — the dispatcher goes there, so the weights are in place when it runs
+            experts._old_forward = dispatcher
+        else:
+            experts.forward = dispatcher
         experts._reap_dispatch_installed = True
 
 
