@@ -1054,7 +1054,7 @@ def build_demo() -> gr.Blocks:
                                     label="Right chat pane, evaluation and export use", elem_id="variant-pick")
         prune_status = gr.Markdown(elem_id="prune-status")
 
-        gr.Markdown("## 5 · Chat — original vs pruned, one copy of the weights")
+        gr.Markdown("## 5 · Chat — original vs pruned (or merged), one copy of the weights")
         with gr.Row():   # pane titles above the panes: a chatbot's own label floats over its messages
             with gr.Column(min_width=280):
                 gr.Markdown("**Original** — all experts")
