@@ -362,6 +362,11 @@ def stale_notice(current: PruningPlan | None, criterion, ratio, protect, categor
     """Why the chat no longer matches the controls (criterion, ratio, category or protection changed)."""
     if current is None:
         return None
+    if current.extra.get("merge"):   # a merge uses the ratio only (its clusters come from every category)
+        if abs(current.compression_ratio - ratio) <= 1e-9:
+            return None
+        return (f"**Out of date:** chat and evaluation still use the last merge ({plan_summary(current)}). "
+                f"Changed since: ratio {current.compression_ratio:.0%} → {ratio:.0%}. Press **Merge** to apply.")
     cats = chosen_categories(category)
     changes = []
     if current.criterion != criterion:

@@ -5,8 +5,10 @@ Desktop (1440×1000): page opens (bundled model auto-loaded) → a live calibrat
 progress bar whose text changes, then Cancel → the precomputed default calibration → heatmap →
 a clicked heatmap cell opens that expert in the inspector → the category × expert view is on
 the page with its caption → ratio slider → prune (with the category it used, and the out-of-date
-warning when the category changes) → chat with an example prompt → evaluate (captions name the
-plan measured) → export. Phone (390×844): the same steps, and nothing wider than the screen.
+warning when the category changes) → chat with an example prompt → merge instead (REAM: progress,
+the merged experts' memory, the right pane merged and answering, then back to the pruned model) →
+evaluate (captions name the plan measured) → export. Phone (390×844): the same steps, and nothing
+wider than the screen (there the merged model stays on for the evaluation and the export).
 
 A screenshot of every step goes to screenshots/ at the repo root (git-ignored):
 desktop-NN-step.png / phone-NN-step.png (viewport around the part that changed) and a full page
@@ -16,6 +18,7 @@ at the end. Look at them after a UI change. Never runs `playwright install`: it 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -143,6 +146,39 @@ def click_heatmap_cell(page, layer_row: int, expert: int) -> None:
     heat.click(position=pos)
 
 
+def prune_status_now(page) -> dict:
+    """#prune-status right now, read in one go (the progress bar comes and goes between two reads)."""
+    return page.evaluate("""() => { const s = document.querySelector('#prune-status');
+        const b = s && s.querySelector('.reap-progress-text');
+        return {bar: b ? b.innerText : null, text: s ? s.innerText : ''}; }""")
+
+
+def merge(page, shot=None) -> None:
+    """Open the merge box, check its default method, click Merge and wait (generously: the first merge of a
+    calibration runs its data through the model once more) for the merged view. The progress bar of that
+    pass, when it shows long enough to be seen, names it and gets a screenshot."""
+    box = page.locator("#merge-box")
+    if not box.get_by_role("button", name="Merge", exact=True).is_visible():
+        page.get_by_text("Prune or merge? Merge the experts instead").click()
+    sync_api.expect(box.get_by_label("Merge method")).to_have_value("REAM merge")
+    sync_api.expect(page.locator("#variant-pick")).to_contain_text("Right chat pane, evaluation and export use")
+    box.get_by_role("button", name="Merge", exact=True).click()
+    seen = wait_until(lambda: (lambda s: s if s["bar"] or "Merged view active" in s["text"] else None)(
+        prune_status_now(page)), timeout=300, interval=0.1, what="the merge's progress bar or its result")
+    if seen["bar"]:
+        assert seen["bar"].startswith("Merge signals: one more pass of the calibration data"), seen
+        if shot is not None:
+            shot("merge-progress", page.locator("#prune-status"))
+    status = page.locator("#prune-status")
+    sync_api.expect(status).to_contain_text("Merged view active", timeout=300_000)
+    sync_api.expect(status).to_contain_text(re.compile(r"Memory: .*\b\d+(\.\d+)? MB"))
+    sync_api.expect(page.locator("#pruned-head")).to_contain_text(re.compile(r"Merged — \d+ of 32 experts per layer "
+                                                                             r"\(REAM merge \d+%\)"))
+    sync_api.expect(page.locator("#variant-pick").get_by_label("the merged model")).to_be_checked()
+    page.wait_for_timeout(3000)      # nothing touched: the merged view's status stays (no stale notice over it)
+    sync_api.expect(status, "a later event replaced the merge's status").to_contain_text("Merged view active")
+
+
 def precomputed_calibration(page) -> None:
     page.get_by_label("Samples per category").fill("16")
     precomputed = page.get_by_label(re.compile("Use precomputed results"))
@@ -208,10 +244,13 @@ def test_desktop_flow(app, browser):
         shot("criteria-compare", compare)
 
         # 6. the ratio slider: 0.25 -> 0.50 with the keyboard; the size table says what Prune will use
+        # one step at a time, each shown in the size table: five quick steps start change events that never
+        # stop (test_ratio_keys_settle), and they would overwrite the merge's status in step 8c
         slider = page.get_by_label(RATIO_LABEL)
         slider.focus()
-        for _ in range(5):
+        for pct in (30, 35, 40, 45, 50):
             slider.press("ArrowRight")
+            expect(page.locator("#size-table")).to_contain_text(f"Pruned ({pct}%)")
         expect(slider).to_have_value("0.5")
         expect(page.locator("#size-table")).to_contain_text("Pruned (50%)")
         expect(page.locator("#size-table")).to_contain_text("Prune will use: REAP scores from all calibration categories")
@@ -231,7 +270,7 @@ def test_desktop_flow(app, browser):
         category = page.get_by_label("Score experts on calibration category")
         category.click()
         page.get_by_role("option", name="toy-code").click()
-        prune = page.get_by_role("button", name=re.compile(r"^Prune"))
+        prune = page.get_by_role("button", name=re.compile(r"^Prune \(masked view"))
         prune.click()
         status = page.locator("#prune-status")
         expect(status).to_contain_text("Pruned using calibration category toy-code only")
@@ -285,7 +324,37 @@ def test_desktop_flow(app, browser):
         assert toy_tasks.check("position", item, texts[1]), texts
         shot("image-chat", page.locator("#chat-original"))
 
+        # 8c. merge instead (REAM, the same 50%): the right pane becomes the merged model, a text-only message
+        # (the picture and the conversation cleared) gets two answers; then back to the pruned model
+        merge(page, shot)
+        expect(page.locator("#prune-status")).to_contain_text("32 experts merged into 16 in each of 4 MoE layers")
+        expect(page.locator("#pruned-head")).to_contain_text("Merged — 16 of 32 experts per layer (REAM merge 50%)")
+        shot("merge", page.locator("#merge-box"))
+        page.locator("#chat-image").get_by_role("button", name=re.compile("clear|remove", re.I)).first.click()
+        expect(page.locator("#chat-image img")).to_have_count(0)
+        page.locator("button:text-is('Clear')").click()      # the chat's Clear (text, not an icon)
+        expect(page.locator("[data-testid=user]")).to_have_count(0)
+        page.get_by_text(re.compile(r"^code: original right")).click()
+        page.get_by_role("button", name="Send", exact=True).click()
+        expect(page.locator("[data-testid=user]")).to_have_count(2)
+        last.clear()
+        wait_until(settled, timeout=180, interval=0.7, what="both panes to answer, the right one merged")
+        original, merged = bot_texts(page)
+        assert "def compute_count(a, b)" in original and "min(a, b)" in original, original
+        assert merged and merged != "…", merged
+        expect(page.locator("#chat-pruned [data-testid=bot]")).to_have_count(1)
+        shot("merge-chat", page.locator("#chat-pruned"))
+        page.locator("#variant-pick").get_by_label("the pruned model").check()
+        status = page.locator("#prune-status")
+        expect(status).to_contain_text("Pruned view active", timeout=60_000)
+        expect(status).not_to_contain_text("Merged view active")
+        expect(page.locator("#pruned-head")).to_contain_text("Pruned — 16 of 32 experts per layer (REAP 50%)")
+        expect(page.locator("#variant-pick").get_by_label("the pruned model")).to_be_checked()
+        shot("back-to-pruned", page.locator("#merge-box"))
+
         # 9. evaluate: every result names what it measured
+        for method in ("HC-SMoE merge", "M-SMoE merge", "REAM merge"):   # merge curves on offer, not chosen
+            expect(page.get_by_role("checkbox", name=method, exact=True)).not_to_be_checked()
         page.get_by_role("button", name="Run fidelity sweep").click()
         fidelity = page.locator("#fidelity-status")
         expect(fidelity).to_contain_text("Measured: 4 criteria", timeout=120_000)
@@ -323,6 +392,46 @@ def test_desktop_flow(app, browser):
         context.close()
 
 
+def queue_joins(page) -> list:
+    """Record the page's event calls (their function index) from now on; the list grows as they come,
+    during Playwright calls (page.wait_for_timeout, not time.sleep)."""
+    joins: list = []
+
+    def on_request(request):
+        if "/queue/join" in request.url:
+            try:
+                joins.append(json.loads(request.post_data or "{}").get("fn_index"))
+            except ValueError:
+                joins.append(None)
+
+    page.on("request", on_request)
+    return joins
+
+
+@pytest.mark.xfail(reason="app bug: five quick arrow-key steps on the ratio slider start ratio.change events that "
+                          "never stop (on_view, on_compare, on_fidelity_redraw, ~12 a second); after a merge, on_view "
+                          "then replaces 'Merged view active' with an 'Out of date' notice. Remove this mark once fixed.")
+def test_ratio_keys_settle(app, browser):
+    """Quick keyboard steps on the ratio slider: once the last one is handled, the page goes quiet."""
+    context, page = open_page(browser, app.url, "desktop")
+    try:
+        precomputed_calibration(page)
+        joins = queue_joins(page)
+        slider = page.get_by_label(RATIO_LABEL)
+        slider.focus()
+        for _ in range(5):
+            slider.press("ArrowRight")
+        sync_api.expect(slider).to_have_value("0.5")
+        sync_api.expect(page.locator("#size-table")).to_contain_text("Pruned (50%)")
+        page.wait_for_timeout(3000)       # the last change's handlers finish
+        before = len(joins)
+        page.wait_for_timeout(4000)       # nothing touched
+        assert len(joins) == before, (f"{len(joins) - before} event calls in 4 s with nothing touched "
+                                      f"(function indexes {joins[before:before + 9]} …)")
+    finally:
+        context.close()
+
+
 def test_phone_width(app, browser):
     """390 px: every step fits the screen (nothing past its edges, no clipped label)."""
     context, page = open_page(browser, app.url, "phone")
@@ -345,9 +454,14 @@ def test_phone_width(app, browser):
         sync_api.expect(page.locator("#expert-info")).to_contain_text("Expert 7, layer L2", timeout=30_000)
         shot("inspector", page.locator("#expert-info"))
         shot("category-view", page.locator("#category-heatmap"))
-        page.get_by_role("button", name=re.compile(r"^Prune")).click()
+        page.get_by_role("button", name=re.compile(r"^Prune \(masked view")).click()
         page.locator("#prune-status").get_by_text("Pruned view active").wait_for()
         shot("compression", page.locator("#size-table"))
+        merge(page)                      # the merged model from here on: chat, evaluation and export use it
+        sync_api.expect(page.locator("#pruned-head")).to_contain_text("24 of 32 experts per layer (REAM merge 25%)")
+        shot("merge", page.locator("#merge-box"))
+        shot("merge-status", page.locator("#prune-status"))
+        assert_fits(page, "after a merge")
         page.get_by_text(re.compile(r"^translation: original right")).click()
         page.get_by_role("button", name="Send", exact=True).click()
         wait_until(lambda: len(bot_texts(page)) == 2 and all(bot_texts(page)), timeout=120, what="both answers")
@@ -366,6 +480,7 @@ def test_phone_width(app, browser):
         shot("generation-quality", page.locator("#quality-table"))
         page.get_by_role("button", name="Export pruned checkpoint").click()
         sync_api.expect(page.locator("#export-status")).to_contain_text("Exported to", timeout=180_000)
+        sync_api.expect(page.locator("#export-status")).to_contain_text("toy-gemma4-moe-ream-25")
         shot("export", page.locator("#export-status"))
         shot("full-page", full=True)
         assert_fits(page, "after the evaluation")
