@@ -49,7 +49,7 @@ def test_public_export_is_a_zip_of_the_sessions_own_folder(public_app, browser):
         page.get_by_label("Samples per category").fill("2")
         page.get_by_role("button", name="Run calibration").click()
         page.get_by_text("Observed").first.wait_for()
-        page.get_by_role("button", name=re.compile(r"^Prune")).click()
+        page.get_by_role("button", name=re.compile(r"^Prune \(masked view")).click()
         page.get_by_text("Pruned view active").first.wait_for()
         page.get_by_role("button", name="Export pruned checkpoint").click()
         status = page.get_by_text(re.compile("Exported to")).first
