@@ -29,7 +29,7 @@ from reap_core.demo import (EXAMPLES, KNOWS, load_pack, pack_for, precomputed_ev
                             precomputed_sweep)
 from reap_core.errors import Cancelled, ReapError
 from reap_core.eval_defaults import defaults_for, is_bundled
-from reap_core.export import describe_verification, export_merged, export_pruned
+from reap_core.export import describe_verification, export_merged, export_pruned, new_output_dir, output_label
 from reap_core.fidelity import DEFAULT_CRITERIA, METRICS, FidelityCache, feasible_ratios
 from reap_core.generation_quality import GENERATION_DEFINITIONS, generation_quality
 from reap_core.heldout import build_heldout, calibration_exclusion
@@ -521,8 +521,8 @@ def session_view(session: Session):
 
 
 def merged_status(plan: PruningPlan, merged) -> str:
-    sizes = [len(m) for row in merged.plan.members for m in row]
-    return ok(f"Merged view active — {plan_summary(plan)}: each merged expert averages a cluster of 1–{max(sizes)} "
+    return ok(f"Merged view active — {plan_summary(plan)}: each merged expert averages a cluster of "
+              f"1–{merged.plan.largest_cluster} "
               f"experts{' (neurons aligned first)' if merged.plan.align else ''} and keeps its representative's "
               f"router row. Memory: the merged experts are a copy beside the original weights, "
               f"**{merged.nbytes / 2**20:.1f} MB** (built in {merged.seconds:.1f} s). Chat, evaluation and export "
@@ -754,20 +754,10 @@ EXPORT_ROOT = Path(os.environ.get("REAP_STUDIO_EXPORTS", "exports"))  # local mo
 ZIP_LIMIT = 2_000_000_000  # offer a single-file download for small models only
 
 
-def plan_slug(plan: PruningPlan) -> str:
-    """The criterion, or the merge method, as it goes into a folder name ('reap', 'ream')."""
-    return plan.criterion.removeprefix(MERGE_PREFIX)
-
-
 def default_export_dir(session: Session) -> Path:
-    """exports/<model>-<criterion>-<percent>, or -2, -3, … when that name is taken: never a silent replace."""
+    """exports/<model>-<criterion or merge method>-<percent>, or -2, -3, … when taken: never a silent replace."""
     plan = session.plan
-    name = Path(session.model_id or "model").name
-    base = EXPORT_ROOT / (f"{name}-{plan_slug(plan)}-{round(plan.compression_ratio * 100)}" if plan else name)
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    return new_output_dir(EXPORT_ROOT, session.model_id or "model", output_label(plan), plan.compression_ratio)
 
 
 def export_target(out_dir: str, replace_earlier: bool, session: Session, sid: str) -> Path:
@@ -778,7 +768,7 @@ def export_target(out_dir: str, replace_earlier: bool, session: Session, sid: st
         if (out_dir or "").strip():
             raise ReapError("server paths are not accepted here: each session exports into its own folder — "
                             "leave the folder empty and download the zip")
-        return WORK.export_dir(sid, session.model_id or "model", plan_slug(plan), plan.compression_ratio)
+        return WORK.export_dir(sid, session.model_id or "model", output_label(plan), plan.compression_ratio)
     if not (out_dir or "").strip():
         return default_export_dir(session)
     path = Path(out_dir.strip())

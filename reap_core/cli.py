@@ -180,16 +180,11 @@ def _too_big(args, device: str) -> bool:
     """True (with a notice) when the model's weights would not fit the device: calibrate layer by layer."""
     from .sequential import weights_fit
 
-    fits, notice = weights_fit(args.model, args.dtype, device, args.trust_remote_code, available_host_memory)
+    fits, notice = weights_fit(args.model, args.dtype, device, args.trust_remote_code)
     if not fits:
         print(f"notice: {notice}: calibrating layer by layer (--sequential), one decoder layer on the device at a "
               f"time; the statistics are the same")
     return not fits
-
-
-def available_host_memory() -> int:
-    from .sequential import available_host_memory as available
-    return available()
 
 
 def cmd_merge_stats(args) -> None:
@@ -204,6 +199,7 @@ def cmd_merge_stats(args) -> None:
 
 
 def cmd_prune(args) -> None:
+    from .export import new_output_dir
     from .model import load_model
     from .plan import make_plan
     from .prune import save_pruned
@@ -213,7 +209,7 @@ def cmd_prune(args) -> None:
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before loading gigabytes
     if args.out is None:
-        args.out = str(default_out(OUTPUTS, args.model, plan))
+        args.out = str(new_output_dir(OUTPUTS, args.model, plan.criterion, plan.compression_ratio))
     check_output_dir(args.out, "--out")
     check_stats_fit_config(stats, args.model, args.trust_remote_code)
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
@@ -349,15 +345,15 @@ def _build_merge(loaded, stats, signals, method: str, ratio: float, align: bool 
     from .sizing import human_bytes
 
     merged = build_merged(loaded, plan_merge(stats, signals, method, ratio, align=align))
-    sizes = [len(m) for row in merged.plan.members for m in row]
-    print(f"{method}: {merged.num_experts} experts merged into {merged.num_kept} per layer (clusters of 1–{max(sizes)}"
+    print(f"{method}: {merged.num_experts} experts merged into {merged.num_kept} per layer (clusters of "
+          f"1–{merged.plan.largest_cluster}"
           f"{', neurons aligned' if merged.plan.align else ''}) in {merged.seconds:.1f} s; merged experts in memory: "
           f"{human_bytes(merged.nbytes)}")
     return merged
 
 
 def cmd_merge(args) -> None:
-    from .export import describe_verification, export_merged
+    from .export import describe_verification, export_merged, new_output_dir
     from .model import load_model
     from .sizing import human_bytes
     from .stats import ExpertStats
@@ -367,11 +363,7 @@ def cmd_merge(args) -> None:
     from .plan import check_ratio
     check_ratio(args.ratio, stats.num_experts, stats.top_k, stats.expert_groups)   # before loading gigabytes
     if args.out is None:
-        base = EXPORTS / f"{Path(args.model.rstrip('/')).name}-{method}-{round(args.ratio * 100)}"
-        path, n = base, 2
-        while path.exists():
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
-        args.out = str(path)
+        args.out = str(new_output_dir(EXPORTS, args.model, method, args.ratio))
     check_output_dir(args.out, "--out")
     check_stats_fit_config(stats, args.model, args.trust_remote_code)
     print(f"loading {args.model} (merged experts are computed from the weights in memory)")
@@ -391,15 +383,6 @@ def cmd_merge(args) -> None:
     print(f"wrote {len(result.files)} files, {human_bytes(result.bytes)}, in {result.seconds:.1f} s to {result.path}")
 
 
-def default_out(root: Path, model: str, plan) -> Path:
-    """<root>/<model>-<criterion>-<percent>, or -2, -3, … when taken (the app's export names)."""
-    base = root / f"{Path(model.rstrip('/')).name}-{plan.criterion}-{round(plan.compression_ratio * 100)}"
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
-
-
 def _progress_bar(desc: str):
     """A progress(fraction, message) callback on stderr (reap_core.progress: redrawn on a terminal,
     a few lines when piped); call .close() at the end."""
@@ -415,7 +398,7 @@ def _progress_bar(desc: str):
 
 
 def cmd_export(args) -> None:
-    from .export import describe_verification, export_pruned, has_safetensors, source_folder
+    from .export import describe_verification, export_pruned, has_safetensors, new_output_dir, source_folder
     from .model import load_model
     from .plan import make_plan
     from .sizing import human_bytes
@@ -425,7 +408,7 @@ def cmd_export(args) -> None:
     plan = make_plan(stats, args.ratio, args.criterion, protect_super_experts=args.protect_super_experts,
                      seed=args.seed)  # validate before reading gigabytes
     if args.out is None:
-        args.out = str(default_out(EXPORTS, args.model, plan))
+        args.out = str(new_output_dir(EXPORTS, args.model, plan.criterion, plan.compression_ratio))
     check_output_dir(args.out, "--out")
     check_stats_fit_config(stats, args.model, args.trust_remote_code)
     streaming = args.streaming

@@ -48,7 +48,7 @@ from .heatmap_png import heatmap_png
 from .model import LoadedModel, load_model, resolve_model_path
 from .plan import PruningPlan
 from .prune import PLAN_FILE, SCORES_FILE, scores_document
-from .saliency import compute_scores
+from .saliency import MERGE_PREFIX, compute_scores
 from .shards import (INDEX_FILE, SINGLE_FILE, CheckpointSource, ModelSource, Selection, ShardLayout, TensorSource,
                      plan_shards, read_header, write_checkpoint)
 from .stats import ExpertStats
@@ -135,6 +135,21 @@ def hub_id_of(model_id: str, folder: Path | None) -> str | None:
 
 
 # --- building blocks --------------------------------------------------------------------------
+
+def output_label(plan: PruningPlan) -> str:
+    """What a folder name calls a plan: its criterion, or its merge method ('reap', 'ream')."""
+    return plan.criterion.removeprefix(MERGE_PREFIX)
+
+
+def new_output_dir(root: Path, model: str, label: str, ratio: float) -> Path:
+    """<root>/<model>-<label>-<percent>, or -2, -3, … when taken: a default never replaces earlier work
+    (the CLI's prune, export and merge folders and the app's exports)."""
+    base = root / f"{Path(model.rstrip('/')).name or 'model'}-{label}-{round(ratio * 100)}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
 
 def expert_selection(adapter: MoEAdapter, plan: PruningPlan, names: set[str]) -> Selection:
     """What the export takes from a checkpoint with these tensor names, as it stores experts: tensors

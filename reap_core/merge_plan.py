@@ -52,6 +52,10 @@ class MergePlan:
         return self.pruning.compression_ratio
 
     @property
+    def largest_cluster(self) -> int:
+        return max(len(m) for row in self.members for m in row)
+
+    @property
     def label(self) -> str:
         return f"{self.method} {self.compression_ratio:.0%}"
 

@@ -75,8 +75,7 @@ def available_host_memory() -> int:
 
 
 def weights_fit(model_id: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                host_memory: Callable[[], int] = available_host_memory, token: str | bool | None = None,
-                allow_local_paths: bool = True) -> tuple[bool, str]:
+                token: str | bool | None = None, allow_local_paths: bool = True) -> tuple[bool, str]:
     """(whether the weights fit the device with room to work — 85% of its free memory —, and a sentence
     saying how much they need and how much is free), from the config alone."""
     from .model import load_config, pick_device_and_dtype
@@ -89,7 +88,7 @@ def weights_fit(model_id: str, dtype: str = "auto", device: str = "auto", trust_
         devices = range(torch.cuda.device_count()) if device == "cuda" else [torch.device(device)]
         free = sum(torch.cuda.mem_get_info(d)[0] for d in devices)
     else:
-        free = host_memory()
+        free = available_host_memory()
     return need <= 0.85 * free, (f"the weights need about {need / 1e9:.1f} GB and {device} has {free / 1e9:.1f} GB "
                                  f"free")
 

@@ -62,8 +62,9 @@ def test_cli_sequential(tiny_dir, calib_file, tmp_path):
 
 def test_cli_goes_layer_by_layer_when_the_weights_do_not_fit(tiny_dir, calib_file, tmp_path, monkeypatch, capsys):
     import reap_core.cli as cli
+    import reap_core.sequential as sequential
 
-    monkeypatch.setattr(cli, "available_host_memory", lambda: 1000)          # 1 kB free: nothing fits
+    monkeypatch.setattr(sequential, "available_host_memory", lambda: 1000)   # 1 kB free: nothing fits
     assert cli.main(["calibrate", "--model", str(tiny_dir), "--calibration", str(calib_file),
                      "--out", str(tmp_path / "auto.npz")]) == 0
     assert "calibrating layer by layer (--sequential)" in capsys.readouterr().out
