@@ -10,6 +10,8 @@ as the method: 1 model -> 2 calibrate -> 3 saliency -> 4 compression -> 5 chat -
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import html
 import os
 import shutil
@@ -53,8 +55,18 @@ try:  # ZeroGPU on Spaces: GPU work must run inside spaces.GPU functions; locall
 
     gpu = spaces.GPU(duration=120)
 except ImportError:
+    spaces = None
+
     def gpu(fn):
         return fn
+
+ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+def zero_gpu_call(fn):
+    """One ZeroGPU call of `fn`, as long as the engine expects it to take (sequential.GpuCall). A new
+    wrapper each time, so spaces forks a new worker, which holds the model as it is now."""
+    return spaces.GPU(functools.partial(fn), duration=lambda *a, expected_seconds=60.0, **k: int(expected_seconds))
 
 DEFAULT_MODEL = os.environ.get("REAP_STUDIO_MODEL", BUNDLED_MODEL)
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
@@ -68,7 +80,9 @@ OWNER_MODELS = {BUNDLED_MODEL, GEMMA4_26B, DEFAULT_MODEL}
 CRITERION_CHOICES = [(c.label, c.name) for c in CRITERIA.values()]
 MERGE_CHOICES = [(MERGE_LABELS[m], m) for m in MERGE_METHODS]
 SWEEP_CHOICES = CRITERION_CHOICES + [(label, MERGE_PREFIX + m) for label, m in MERGE_CHOICES]
-MODELS, STATS, FIDELITY, SIGNALS, MERGES = ModelCache(), StatsCache(), FidelityCache(), SessionSignals(), MergeCache()
+ZERO_GPU_BYTES = 70 * 10**9    # one ZeroGPU call's share of an H200 ("large"); its main process has no GPU to ask
+MODELS = ModelCache(device_bytes=ZERO_GPU_BYTES if ZERO_GPU else None)
+STATS, FIDELITY, SIGNALS, MERGES = StatsCache(), FidelityCache(), SessionSignals(), MergeCache()
 PACK = load_pack()            # results precomputed for the bundled model's default calibration (reap_core.demo)
 WORK = Workspace(os.environ.get("REAP_STUDIO_WORKDIR") or
                  Path(tempfile.gettempdir()) / f"reap-studio-{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
@@ -179,7 +193,9 @@ class Background:
 
     def __init__(self, work: Callable[[], object], clock: ProgressClock, stop: threading.Event):
         self.clock, self.stop, self._box = clock, stop, {}
-        self._thread = threading.Thread(target=self._run, args=(work,), name=f"reap-{clock.what}", daemon=True)
+        # the handler's context goes with it (ZeroGPU's spaces.GPU reads the visitor's request from it)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, work),
+                                        name=f"reap-{clock.what}", daemon=True)
 
     def _run(self, work) -> None:
         try:
@@ -279,7 +295,6 @@ def calibration_spec(categories: list[str], hub_spec: str, upload) -> tuple[str,
     return "builtin:" + ",".join(categories), False
 
 
-@gpu
 def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Session, use_precomputed: bool = True,
                  request: gr.Request = None):
     sid = session_id(request)
@@ -298,8 +313,10 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Ses
         stats = precomputed_stats(loaded, calib.fingerprint(), PACK) if use_precomputed else None
         source = "precomputed" if stats is not None else ""
         if stats is None:
-            layered = MODELS.layer_by_layer(loaded) is not None
-            clock = ProgressClock("Calibration, layer by layer" if layered else "Calibration",
+            # on ZeroGPU every layer is a short GPU call of its own (the whole calibration would outlast one)
+            layered = ZERO_GPU or MODELS.layer_by_layer(loaded) is not None
+            clock = ProgressClock(("Calibration, one ZeroGPU call per layer" if ZERO_GPU else
+                                   "Calibration, layer by layer") if layered else "Calibration",
                                   "layer-batches" if layered else "tokens")
             clock.update(0, calib.num_tokens)
 
@@ -313,7 +330,8 @@ def on_calibrate(categories, samples, hub_spec, upload, max_tokens, session: Ses
                              f"layer {layer + 1} of {layers}, batch {batch} of {batches}")
 
             with Background(lambda: STATS.get_or_observe(loaded, calib, batch_size=4, progress=report,
-                                                         layer_progress=layer_report, layer_by_layer=layered),
+                                                         layer_progress=layer_report, layer_by_layer=layered,
+                                                         gpu_call=zero_gpu_call if ZERO_GPU else None),
                             clock, stop) as job:
                 for state in job.states():
                     yield progress_html(state), session, gr.update()

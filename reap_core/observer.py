@@ -35,6 +35,18 @@ class _Accumulator:
         self.top_token = torch.full((L, E, top_n), -1, dtype=torch.long, device=device)
         self.valid = self.category = self.global_token = None
 
+    def state(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Every running sum, maximum and top token by name (moved to `device` when given): what a
+        checkpoint saves and what a separate GPU call hands back (sequential.py)."""
+        state = {**self.sums, **self.maxes, "top_score": self.top_score, "top_token": self.top_token}
+        return state if device is None else {name: t.to(device) for name, t in state.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor], device: torch.device | str) -> None:
+        """Continue from `state` (no copy where it already is on `device`)."""
+        self.sums = {name: state[name].to(device) for name in self.sums}
+        self.maxes = {name: state[name].to(device) for name in self.maxes}
+        self.top_score, self.top_token = state["top_score"].to(device), state["top_token"].to(device)
+
     def begin_batch(self, attention_mask: torch.Tensor, category_ids: torch.Tensor, sample_ids: torch.Tensor,
                     device: torch.device) -> None:
         B, T = attention_mask.shape  # the MoE sees hidden states flattened to [B*T, H], row-major

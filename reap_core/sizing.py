@@ -50,6 +50,8 @@ class ParamCounts:
     top_k: int
     expert_mlp_params: int     # one expert's MLP in one layer (gate_up + down)
     expert_router_params: int  # one expert's router row (+ per-expert scalars) in one layer
+    largest_layer: int = 0     # the largest decoder layer (what layer-by-layer work holds at once)
+    hidden_size: int = 0       # width of the hidden states (what layer-by-layer work keeps per token)
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,10 @@ def count_params(config: Any, adapter: MoEAdapter | None = None) -> ParamCounts:
                 mlp += numel
             else:
                 router += numel
+    largest = max((sum(p.numel() for p in layer.parameters()) for layer in adapter.decoder_layers(model)), default=0)
     return ParamCounts(total=total, non_text=non_text, moe_layers=len(moe), num_experts=num_experts,
-                       top_k=adapter.top_k(config), expert_mlp_params=mlp, expert_router_params=router)
+                       top_k=adapter.top_k(config), expert_mlp_params=mlp, expert_router_params=router,
+                       largest_layer=largest, hidden_size=model.get_input_embeddings().embedding_dim)
 
 
 def size_at(counts: ParamCounts, experts_kept: int, fmt: str = "BF16") -> ModelSize:

@@ -23,7 +23,7 @@ from .demo import KNOWS
 from .eval_defaults import is_bundled
 from .model import ASSETS_DIR, LoadedModel, load_model
 from .observer import observe
-from .sequential import load_offloaded, observe_sequential, weights_fit
+from .sequential import GpuCall, load_offloaded, observe_sequential, weights_fit
 from .plan import PruningPlan
 from .saliency import get_criterion
 from .sizing import (ParamCounts, checkpoint_format, count_params, human_bytes, human_count, size_at,
@@ -36,8 +36,8 @@ FLAGSHIPS_FILE = ASSETS_DIR / "flagships.json"   # written by scripts/flagship_s
 class ModelCache:
     """Thread-safe cache of loaded models; concurrent requests for one model load it once."""
 
-    def __init__(self, max_models: int = 1):
-        self.max_models = max_models
+    def __init__(self, max_models: int = 1, device_bytes: int | None = None):
+        self.max_models, self.device_bytes = max_models, device_bytes   # device_bytes: sequential.weights_fit
         self._models: dict[str, LoadedModel] = {}
         self._counts: dict[str, tuple[ParamCounts, str]] = {}
         self._offloaded: dict[int, tuple[Path, str]] = {}   # id(loaded) -> (offload folder, why)
@@ -62,7 +62,7 @@ class ModelCache:
             forced = os.environ.get("REAP_STUDIO_LAYER_BY_LAYER", "").strip()
             fits, notice = (forced != "1", "layer by layer forced (REAP_STUDIO_LAYER_BY_LAYER=1)") if forced in ("0", "1") \
                 else weights_fit(model_id, dtype, token=token, trust_remote_code=trust_remote_code,
-                                 allow_local_paths=allow_local_paths)
+                                 allow_local_paths=allow_local_paths, device_bytes=self.device_bytes)
             folder = None
             if fits:
                 loaded = load_model(model_id, dtype=dtype, token=token, trust_remote_code=trust_remote_code,
@@ -136,16 +136,17 @@ class StatsCache:
     def get_or_observe(self, loaded: LoadedModel, calib: CalibrationSet, batch_size: int = 4,
                        progress: Callable[[int, int, int], None] | None = None,
                        layer_progress: Callable[[int, int, int, int], None] | None = None,
-                       layer_by_layer: bool = False) -> tuple[ExpertStats, bool]:
+                       layer_by_layer: bool = False, gpu_call: GpuCall | None = None) -> tuple[ExpertStats, bool]:
         """(statistics, came_from_cache). `layer_by_layer`: sequential.observe_sequential (the same numbers;
-        progress per layer and batch through `layer_progress`)."""
+        progress per layer and batch through `layer_progress`), each layer a call of its own through
+        `gpu_call` when given (ZeroGPU)."""
         key = (loaded.model_id, calib.fingerprint())
         with self._lock:
             if key in self._stats:
                 self._stats.move_to_end(key)
                 return self._stats[key], True
         if layer_by_layer:
-            stats = observe_sequential(loaded, calib, batch_size=batch_size, progress=layer_progress)
+            stats = observe_sequential(loaded, calib, batch_size=batch_size, progress=layer_progress, gpu_call=gpu_call)
         else:
             stats = observe(loaded, calib, batch_size=batch_size, progress=progress)
         with self._lock:

@@ -52,6 +52,11 @@ def measure(folder: Path) -> dict:
     size = size_at(counts, counts.num_experts, checkpoint_format(config))
     return {"family": adapter.layout.family, "total_params": size.total_params,
             "active_params": size.active_params, "experts": counts.num_experts, "top_k": counts.top_k,
+            "layers": adapter.num_layers(config),
+            "largest_layer_params": counts.largest_layer, "hidden_size": counts.hidden_size,
+            "routed_expert_params": counts.moe_layers * counts.num_experts * counts.expert_mlp_params,
+            "experts_converted_at_load": bool(adapter.layout.checkpoint_expert_lists),
+            "checkpoint_format": checkpoint_format(config), "checkpoint_bytes": size.bytes,
             "fixture": str(folder.relative_to(ROOT))}
 
 

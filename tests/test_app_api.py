@@ -11,6 +11,7 @@ each other's mask.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -591,7 +592,9 @@ def test_merge_in_the_app_chat_evaluate_export(app, tmp_path):
 
 def test_app_calibrates_layer_by_layer_when_the_model_does_not_fit(tmp_path_factory):
     """REAP_STUDIO_LAYER_BY_LAYER=1 stands for 'the weights do not fit': the card says so, calibration
-    runs one decoder layer at a time, and its statistics are the one-pass statistics the demo pack stored."""
+    runs one decoder layer at a time, and its statistics are the one-pass statistics the demo pack stored.
+    The app runs as on a ZeroGPU Space (tests/fixtures/zero_gpu: spaces.GPU forks a worker per call):
+    the recording pass and each layer are calls of their own, each given a duration."""
     import numpy as np
 
     from reap_core.calibration import TOY_PREFIX
@@ -601,7 +604,10 @@ def test_app_calibrates_layer_by_layer_when_the_model_does_not_fit(tmp_path_fact
 
     env = {"HF_HOME": str(tmp_path_factory.mktemp("hf-home-layered")),
            "REAP_STUDIO_WORKDIR": str(tmp_path_factory.mktemp("app-work-layered")),
-           "REAP_STUDIO_LAYER_BY_LAYER": "1"}
+           "REAP_STUDIO_LAYER_BY_LAYER": "1", "SPACES_ZERO_GPU": "true",
+           "ZERO_GPU_STUB_LOG": str(tmp_path_factory.mktemp("zero-gpu") / "calls.jsonl"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "fixtures" / "zero_gpu"),
+                                          os.environ.get("PYTHONPATH", "")])}
     with running_app(timeout=120, env=env, cwd=tmp_path_factory.mktemp("app-cwd-layered")) as a:
         c = new_client(a)
         card = load(c)
@@ -613,6 +619,9 @@ def test_app_calibrates_layer_by_layer_when_the_model_does_not_fit(tmp_path_fact
         path = stats_file.get("value") if isinstance(stats_file, dict) else stats_file
         layered = ExpertStats.load(path)
         assert layered.calibration["sequential"]["layers"] == 4
+        calls = [json.loads(line) for line in Path(env["ZERO_GPU_STUB_LOG"]).read_text().splitlines()]
+        assert [c["function"] for c in calls] == ["_record_step"] + ["_layer_step"] * 4
+        assert calls[0]["duration"] == 60 and all(c["duration"] >= 10 for c in calls)
         one_pass = ExpertStats.load(STATS_FILE)     # the default calibration, observed in one pass
         assert layered.fingerprint() == one_pass.fingerprint()
         for name in ("count", "gate_sum", "gated_norm_sum", "norm_max"):

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from reap_core.adapters import ADAPTERS, find_adapter
 from reap_core.model import BUNDLED_MODEL, load_config, wrap_model
-from reap_core.sizing import count_params, size_at
+from reap_core.sizing import checkpoint_format, count_params, size_at
 from reap_core.studio import (FLAGSHIPS_FILE, ModelCache, flagships, hardware_for, measured_flagships, model_card,
                               thinking_switch)
 from reap_core.tiny import build_tiny_family, char_tokenizer
@@ -48,9 +48,51 @@ def test_flagship_sizes_are_count_params_of_the_fixture_configs():
         full = size_at(counts, counts.num_experts)
         assert row == {"family": adapter.layout.family, "total_params": full.total_params,
                        "active_params": full.active_params, "experts": counts.num_experts, "top_k": counts.top_k,
+                       "layers": adapter.num_layers(config), "largest_layer_params": counts.largest_layer,
+                       "hidden_size": adapter.text_config(config).hidden_size,
+                       "routed_expert_params": counts.moe_layers * counts.num_experts * counts.expert_mlp_params,
+                       "experts_converted_at_load": bool(adapter.layout.checkpoint_expert_lists),
+                       "checkpoint_format": checkpoint_format(config),
+                       "checkpoint_bytes": size_at(counts, counts.num_experts, checkpoint_format(config)).bytes,
                        "fixture": row["fixture"]}, hub_id
         assert hub_id in adapter.layout.flagships, f"{hub_id} is not a flagship of {adapter.layout.family}"
     assert set(sources.values()) | {"google/gemma-4-26b-a4b-it"} == set(table)
+
+
+def test_largest_layer_counted_from_parameter_names():
+    """The largest decoder layer (what layer-by-layer work holds), counted another way: parameters grouped
+    by their `layers.N.` name, on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    table = json.loads(FLAGSHIPS_FILE.read_text())["models"]
+    for hub_id in ("google/gemma-4-26b-a4b-it", "Qwen/Qwen3-Coder-480B-A35B-Instruct"):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(load_config(str(ROOT / table[hub_id]["fixture"])))
+        per_layer: dict[str, int] = {}
+        for name, param in model.named_parameters():
+            found = re.search(r"language_model\.layers\.(\d+)\.|^model\.layers\.(\d+)\.", name)
+            if found:
+                per_layer[found.group(0)] = per_layer.get(found.group(0), 0) + param.numel()
+        assert table[hub_id]["largest_layer_params"] == max(per_layer.values()), hub_id
+        assert table[hub_id]["layers"] == len(per_layer)
+
+
+def test_space_hardware_table_in_the_readme_is_current():
+    """README's Space table is scripts/space_hardware.py's output; two rows checked by hand: Gemma 4 (52 GB
+    bf16 fits a 70 GB ZeroGPU call with 15% to spare; 131,072 tokens x 2816 x 2 B = 0.74 GB of hidden states)
+    and Qwen3-Coder-480B (960 GB: layer by layer, 62 layers + the recording pass = 63 calls)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "space_hardware.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    readme = (ROOT / "README.md").read_text()
+    gemma = next(line for line in readme.splitlines() if line.startswith("| google/gemma-4-26b-a4b-it | BF16"))
+    assert "| 0.7 GB | one pass (large) |" in gemma
+    qwen = next(line for line in readme.splitlines() if line.startswith("| Qwen/Qwen3-Coder-480B-A35B-Instruct | BF16"))
+    assert "| layer by layer, 63 calls |" in qwen and "| 15.4 GB |" in qwen
 
 
 def test_every_family_with_flagships_is_suggested_with_its_size():

@@ -94,3 +94,75 @@ def test_an_interrupted_run_resumes_after_its_last_saved_layer(tiny_dir, calib, 
     for name, want in whole.arrays.items():
         np.testing.assert_array_equal(resumed.arrays[name], want, err_msg=name)
     assert resumed.top_tokens == whole.top_tokens
+
+
+def zero_gpu_stub():
+    """tests/fixtures/zero_gpu/spaces: spaces.GPU as on a ZeroGPU Space (a forked worker per call)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "zero_gpu" / "spaces" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("zero_gpu_stub_spaces", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("layers_per_call", [1, 2])
+def test_zero_gpu_calls_keep_the_statistics_between_calls(layers_per_call, tiny_dir, calib, tmp_path):
+    """ZeroGPU (issue 14 part 5): the recording pass and each layer (or two) are separate calls in forked
+    workers; the statistics cross back each time and equal one pass's, while this process's layers
+    never leave the disk."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # as in the workers (forked torch runs one thread): the same float32 rounding
+    try:
+        one_pass = observe(load_model(str(tiny_dir)), calib, batch_size=3)
+    finally:
+        torch.set_num_threads(threads)
+    loaded, offload = load_offloaded(str(tiny_dir), offload_folder=tmp_path)
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    seen = []
+    spaces = zero_gpu_stub()
+    gpu_call = lambda fn: spaces.GPU(fn, duration=lambda *a, expected_seconds=0, **k: expected_seconds)  # noqa: E731
+    try:
+        layered = observe_sequential(loaded, calib, batch_size=3, gpu_call=gpu_call,
+                                     layers_per_call=layers_per_call, progress=lambda *a: seen.append(a))
+    finally:
+        shutil.rmtree(offload)
+    expected_calls = 1 + -(-len(layers) // layers_per_call)
+    durations = [c["duration"] for c in spaces.CALLS]
+    assert len(durations) == expected_calls == layered.calibration["sequential"]["gpu_calls"]
+    assert durations[0] == 60.0 and all(s > 10 for s in durations[1:])      # a duration for every call
+    assert [a[0] for a in seen] == list(range(len(layers)))[layers_per_call - 1::layers_per_call] + \
+        ([len(layers) - 1] if len(layers) % layers_per_call else [])
+    assert all(next(lay.parameters()).device.type == "meta" for lay in layers)
+    for name, want in one_pass.arrays.items():
+        np.testing.assert_array_equal(layered.arrays[name], want, err_msg=name)
+    assert layered.top_tokens == one_pass.top_tokens
+
+
+def test_a_gpu_worker_without_the_model_says_so(tiny_dir, calib, tmp_path):
+    """A worker forked before the calibration began (spaces may reuse one) has no model: a clear error."""
+    from reap_core import sequential
+    from reap_core.errors import ReapError
+
+    loaded, offload = load_offloaded(str(tiny_dir), offload_folder=tmp_path)
+
+    def stale_worker(fn):
+        def call(*args, **kwargs):
+            saved = dict(sequential._RUNS)
+            sequential._RUNS.clear()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sequential._RUNS.update(saved)
+        return call
+
+    try:
+        with pytest.raises(ReapError, match="does not hold the model"):
+            observe_sequential(loaded, calib, batch_size=3, gpu_call=stale_worker)
+    finally:
+        shutil.rmtree(offload)
+    assert sequential._RUNS == {}
