@@ -130,6 +130,35 @@ def session_id(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
+class DrawnViews:
+    """What each session's views (heatmap, comparison, fidelity plot) were last drawn from. After quick
+    key steps gradio's ratio slider keeps re-sending change events with the same value; redrawing the
+    same view for them would keep the page busy and overwrite newer status text, so a repeat is skipped."""
+
+    def __init__(self):
+        self._drawn: dict[tuple[str, str], tuple] = {}
+        self._lock = threading.Lock()
+
+    def repeat(self, request: gr.Request | None, view: str, *inputs) -> bool:
+        """True when `view` was last drawn from these very inputs (objects compared by identity)."""
+        if request is None:            # a direct call (tests, scripts): always draw
+            return False
+        key, drawn = (session_id(request), view), tuple(id(x) if not isinstance(x, (str, int, float, bool, type(None)))
+                                                        else x for x in inputs)
+        with self._lock:
+            last = self._drawn.get(key)
+            self._drawn[key] = (drawn, inputs)         # the inputs stay referenced: their ids stay theirs
+        return last is not None and last[0] == drawn
+
+    def forget(self, sid: str) -> None:
+        with self._lock:
+            for key in [k for k in self._drawn if k[0] == sid]:
+                del self._drawn[key]
+
+
+DRAWN = DrawnViews()
+
+
 def model_token(model_id: str, oauth_token: gr.OAuthToken | None):
     """The token a model is read with: locally the saved one (None); in public mode the visitor's
     own, or none at all (False) — the server's token only for the models its owner offers."""
@@ -401,8 +430,10 @@ def stale_notice(current: PruningPlan | None, criterion, ratio, protect, categor
             f"Changed since: {'; '.join(changes)}. Press **Prune** to apply.")
 
 
-def on_view(criterion, ratio, protect, sort_experts, category, session: Session):
+def on_view(criterion, ratio, protect, sort_experts, category, session: Session, request: gr.Request = None):
     """Heatmap + size table for the current settings; runs on every slider move."""
+    if DRAWN.repeat(request, "view", criterion, ratio, protect, sort_experts, category, session.stats, session.plan):
+        return (gr.skip(),) * 5
     notice = stale_notice(session.plan, criterion, ratio, protect, category)
     if notice is None:   # back in step with the prune (or nothing pruned yet): say what chat uses
         notice = pruned_status(session.plan) if session.plan is not None else gr.update()
@@ -489,7 +520,9 @@ def literal(text: str) -> str:
     return text
 
 
-def on_compare(criterion_a, criterion_b, ratio, session: Session):
+def on_compare(criterion_a, criterion_b, ratio, session: Session, request: gr.Request = None):
+    if DRAWN.repeat(request, "compare", criterion_a, criterion_b, ratio, session.stats):
+        return gr.skip()
     try:
         stats = session_stats(session)
         return criteria_agreement(stats, make_plan(stats, ratio, criterion_a), make_plan(stats, ratio, criterion_b))
@@ -704,8 +737,10 @@ def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool
            fidelity_figure(result, metric, ratio), replace(session, evals=evals))
 
 
-def on_fidelity_redraw(metric, ratio, session: Session):
+def on_fidelity_redraw(metric, ratio, session: Session, request: gr.Request = None):
     result = session.evals.get("fidelity")
+    if DRAWN.repeat(request, "fidelity", metric, ratio, result):
+        return gr.skip()
     return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
 
 
@@ -885,6 +920,7 @@ def on_session_end(request: gr.Request):
     """The browser tab closed: its files and stop flags go (statistics and models in memory stay cached)."""
     sid = session_id(request)
     SIGNALS.forget(sid)
+    DRAWN.forget(sid)
     WORK.remove_session(sid)
 
 

@@ -630,3 +630,24 @@ def test_app_calibrates_layer_by_layer_when_the_model_does_not_fit(tmp_path_fact
         assert_ok(prune(c, 0.5))
         orig, pruned, chat_status = chat(c, max_new_tokens=16)   # the layers come from disk at every step
         assert chat_status == "" and answers((orig, pruned, chat_status))[0].strip()
+
+
+def test_a_view_drawn_from_the_same_inputs_is_skipped():
+    """app.DrawnViews: the same session, view and inputs (objects by identity) is a repeat; anything else,
+    another session, or a direct call without a request is drawn."""
+    from types import SimpleNamespace
+
+    import app as studio
+
+    views = studio.DrawnViews()
+    one, two = SimpleNamespace(session_hash="one"), SimpleNamespace(session_hash="two")
+    stats = object()
+    assert not views.repeat(one, "view", "reap", 0.5, stats)
+    assert views.repeat(one, "view", "reap", 0.5, stats)
+    assert not views.repeat(one, "view", "reap", 0.55, stats)          # the ratio moved
+    assert not views.repeat(one, "view", "reap", 0.55, object())       # new statistics
+    assert not views.repeat(two, "view", "reap", 0.55, stats)          # another visitor
+    assert not views.repeat(one, "compare", "reap", 0.55, stats)       # another view
+    assert not views.repeat(None, "view", "reap", 0.55, stats) and not views.repeat(None, "view", "reap", 0.55, stats)
+    views.forget("one")
+    assert not views.repeat(one, "compare", "reap", 0.55, stats)

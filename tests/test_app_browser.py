@@ -408,9 +408,7 @@ def queue_joins(page) -> list:
     return joins
 
 
-@pytest.mark.xfail(reason="app bug: five quick arrow-key steps on the ratio slider start ratio.change events that "
-                          "never stop (on_view, on_compare, on_fidelity_redraw, ~12 a second); after a merge, on_view "
-                          "then replaces 'Merged view active' with an 'Out of date' notice. Remove this mark once fixed.")
+@pytest.mark.xfail(reason="gradio bug, not reproduced in a minimal app: after five quick arrow-key steps the ratio slider keeps sending change events with the same value (~12 a second). The app skips redrawing a view from the same inputs (app.DrawnViews), so nothing on the page changes, but the events still come. Remove this mark once they stop.")
 def test_ratio_keys_settle(app, browser):
     """Quick keyboard steps on the ratio slider: once the last one is handled, the page goes quiet."""
     context, page = open_page(browser, app.url, "desktop")
