@@ -159,6 +159,24 @@ class DrawnViews:
 DRAWN = DrawnViews()
 
 
+def on_ratio_view(criterion, ratio, protect, sort_experts, category, session: Session, request: gr.Request = None):
+    if DRAWN.repeat(request, "view", criterion, ratio, protect, sort_experts, category, session.stats, session.plan):
+        return (gr.skip(),) * 5
+    return on_view(criterion, ratio, protect, sort_experts, category, session)
+
+
+def on_ratio_compare(criterion_a, criterion_b, ratio, session: Session, request: gr.Request = None):
+    if DRAWN.repeat(request, "compare", criterion_a, criterion_b, ratio, session.stats):
+        return gr.skip()
+    return on_compare(criterion_a, criterion_b, ratio, session)
+
+
+def on_ratio_fidelity(metric, ratio, session: Session, request: gr.Request = None):
+    if DRAWN.repeat(request, "fidelity", metric, ratio, session.evals.get("fidelity")):
+        return gr.skip()
+    return on_fidelity_redraw(metric, ratio, session)
+
+
 def model_token(model_id: str, oauth_token: gr.OAuthToken | None):
     """The token a model is read with: locally the saved one (None); in public mode the visitor's
     own, or none at all (False) — the server's token only for the models its owner offers."""
@@ -430,10 +448,8 @@ def stale_notice(current: PruningPlan | None, criterion, ratio, protect, categor
             f"Changed since: {'; '.join(changes)}. Press **Prune** to apply.")
 
 
-def on_view(criterion, ratio, protect, sort_experts, category, session: Session, request: gr.Request = None):
+def on_view(criterion, ratio, protect, sort_experts, category, session: Session):
     """Heatmap + size table for the current settings; runs on every slider move."""
-    if DRAWN.repeat(request, "view", criterion, ratio, protect, sort_experts, category, session.stats, session.plan):
-        return (gr.skip(),) * 5
     notice = stale_notice(session.plan, criterion, ratio, protect, category)
     if notice is None:   # back in step with the prune (or nothing pruned yet): say what chat uses
         notice = pruned_status(session.plan) if session.plan is not None else gr.update()
@@ -520,9 +536,7 @@ def literal(text: str) -> str:
     return text
 
 
-def on_compare(criterion_a, criterion_b, ratio, session: Session, request: gr.Request = None):
-    if DRAWN.repeat(request, "compare", criterion_a, criterion_b, ratio, session.stats):
-        return gr.skip()
+def on_compare(criterion_a, criterion_b, ratio, session: Session):
     try:
         stats = session_stats(session)
         return criteria_agreement(stats, make_plan(stats, ratio, criterion_a), make_plan(stats, ratio, criterion_b))
@@ -737,10 +751,8 @@ def on_fidelity(criteria, metric, ratio, session: Session, use_precomputed: bool
            fidelity_figure(result, metric, ratio), replace(session, evals=evals))
 
 
-def on_fidelity_redraw(metric, ratio, session: Session, request: gr.Request = None):
+def on_fidelity_redraw(metric, ratio, session: Session):
     result = session.evals.get("fidelity")
-    if DRAWN.repeat(request, "fidelity", metric, ratio, result):
-        return gr.skip()
     return fidelity_figure(result, metric, ratio) if result is not None else gr.update()
 
 
@@ -1232,15 +1244,18 @@ def build_demo() -> gr.Blocks:
             **pickers).then(**compare)
         for control in (criterion, protect, sort_experts, category):
             control.change(on_view, view_inputs, view_outputs, show_progress="hidden", **private)
-        ratio.change(on_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last", **private)
+        # the ratio's own events skip repeats (DrawnViews); the API's /view and the other triggers always draw
+        ratio.change(on_ratio_view, view_inputs, view_outputs, show_progress="hidden", trigger_mode="always_last",
+                     **private)
         expert_btn.click(on_expert, [layer_pick, expert_pick, session], expert_info, api_name="expert")
         for control in (layer_pick, expert_pick):
             control.input(on_expert, [layer_pick, expert_pick, session], expert_info, **private)
         click_bridge.submit(on_heatmap_click, [click_bridge, session], [layer_pick, expert_pick, expert_info],
                             show_progress="hidden", **private)
         spec_layer.change(on_category_view, [spec_layer, session], category_plot, show_progress="hidden", **private)
-        for control in (crit_a, crit_b, ratio):
+        for control in (crit_a, crit_b):
             control.change(show_progress="hidden", **compare)
+        ratio.change(on_ratio_compare, compare["inputs"], compare["outputs"], show_progress="hidden", **private)
         prune_btn.click(on_prune, [criterion, ratio, protect, category, session],
                         [prune_status, session, pruned_head, variant_pick], api_name="prune")
         merge_btn.click(on_merge, [merge_method, ratio, session], [prune_status, session, pruned_head, variant_pick],
@@ -1267,9 +1282,8 @@ def build_demo() -> gr.Blocks:
         sweep_btn.click(on_fidelity, [sweep_criteria, metric, ratio, session, use_precomputed],
                         [fidelity_status, fidelity_plot, session], api_name="fidelity", concurrency_limit=1,
                         concurrency_id="model", **own_progress)
-        for control in (metric, ratio):
-            control.change(on_fidelity_redraw, [metric, ratio, session], fidelity_plot, show_progress="hidden",
-                           **private)
+        metric.change(on_fidelity_redraw, [metric, ratio, session], fidelity_plot, show_progress="hidden", **private)
+        ratio.change(on_ratio_fidelity, [metric, ratio, session], fidelity_plot, show_progress="hidden", **private)
         quality_btn.click(on_generation_quality, [session, use_precomputed], [quality_table, session],
                           api_name="generation_quality", concurrency_limit=1, concurrency_id="model", **own_progress)
         tasks_btn.click(on_task_accuracy, [session, use_precomputed], [tasks_table, session],
